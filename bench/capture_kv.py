@@ -42,10 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
-
-import llama_cpp
 
 F32 = npt.NDArray[np.float32]
 
@@ -180,12 +179,7 @@ class CaptureState:
             arr, type_name, op_name = read_tensor(self.lib, tp)
             self.op_chain.setdefault(key, []).append(f"{op_name}:{type_name}:{list(tp.contents.ne)}")
             prev = self.latest.get(key)
-            if (
-                prev is not None
-                and key[0] in ("Qcur", "Kcur")
-                and key[1] in self.validate_layers
-                and op_name == "ROPE"
-            ):
+            if prev is not None and key[0] in ("Qcur", "Kcur") and key[1] in self.validate_layers and op_name == "ROPE":
                 self.pre_rope[key] = prev
             self.latest[key] = Captured(arr, type_name, op_name)
         except Exception as e:  # noqa: BLE001 - reported after decode
@@ -340,7 +334,7 @@ def causal_attention(q: F32, k: F32, v: F32) -> tuple[F32, dict[str, float]]:
 
 
 def rel_err(a: F32, b: F32) -> float:
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    return float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(b)), 1e-30)
 
 
 def apply_rope(x: F32, base: float, freq_scale: float, rope_type: int) -> F32:
@@ -527,15 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        args.out,
-        q=q,
-        k=k,
-        v=v,
-        tokens=np.asarray(tokens, dtype=np.int32),
-        meta_json=np.asarray(json.dumps(meta)),
-        **{key: np.asarray(val) for key, val in meta.items() if key != "checks"},
-    )
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "q": q,
+        "k": k,
+        "v": v,
+        "tokens": np.asarray(tokens, dtype=np.int32),
+        "meta_json": np.asarray(json.dumps(meta)),
+    }
+    arrays.update({key: np.asarray(val) for key, val in meta.items() if key != "checks"})
+    np.savez(args.out, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as allow_pickle
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(model)
     print(f"[out] {args.out} q{list(q.shape)} k{list(k.shape)} v{list(v.shape)} ({time.time() - t0:.1f} s total)")

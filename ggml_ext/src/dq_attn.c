@@ -30,7 +30,8 @@ static const dq_kernels * kernels(void) {
 const char * dq_cpu_kernels(void) { return kernels()->name; }
 
 size_t dq_attn_scratch_floats(int grp, int hd) {
-    return (size_t) grp * DQ_TILE + 2 * (size_t) grp * hd + (size_t) hd + 256 + 2 * (size_t) grp * (hd / 16) + 16;
+    // two tiles of rows, scores, q~ and A-space sums, B, channel params (dq_attn_kernels.c)
+    return 2 * (size_t) DQ_TILE * hd + DQ_TILE + 2 * (size_t) grp * hd + 256 + 4 * (size_t) hd + 16;
 }
 
 int dq_attn_splits(const dq_attn_params * p, int nth) {

@@ -5,7 +5,7 @@
 
 #include <math.h>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -17,16 +17,45 @@
 #define DQ_CAT(a, b)  DQ_CAT2(a, b)
 #define DQ_FN(name)   DQ_CAT(DQ_KERNELS, _##name)
 
+static inline float DQ_FN(h2f)(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return dq_fp16_to_fp32(h);
+#endif
+}
+
 static void DQ_FN(f16_row)(const uint16_t * restrict src, float * restrict dst, int n) {
     int i = 0;
+#if defined(__AVX512F__) // store as wide as the consumer loads: no store-forwarding stall
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *) (src + i))));
+    }
+#endif
 #if defined(__F16C__)
     for (; i + 8 <= n; i += 8) {
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (src + i))));
     }
 #endif
     for (; i < n; i++) {
-        dst[i] = dq_fp16_to_fp32(src[i]);
+        dst[i] = DQ_FN(h2f)(src[i]);
     }
+}
+
+// expf for softmax weights (x <= 0): Cephes' polynomial, about 1 ulp, vectorizable; -inf -> 0.
+static inline float DQ_FN(expf)(float x) {
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float n  = floorf(xc * 1.44269504088896341f + 0.5f);
+    const float r  = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { uint32_t u; float f; } e = { (uint32_t) ((int32_t) n + 127) << 23 };
+    return x < -87.0f ? 0.0f : p * e.f;
 }
 
 static inline float DQ_FN(dot)(const float * restrict a, const float * restrict b, int n) {
@@ -43,27 +72,49 @@ static inline void DQ_FN(axpy)(float a, const float * restrict x, float * restri
     }
 }
 
-// Codes of one head of one token (R rows of 16) -> floats minus the zero point.
-static inline void DQ_FN(unpack)(const uint8_t * restrict src, int bits, int n, float zp, float * restrict dst) {
+// Codes of one head of one token (n/16 rows of 16) -> floats, zero point not removed.
+static inline void DQ_FN(unpack)(const uint8_t * restrict src, int bits, int n, float * restrict dst) {
     switch (bits) {
-        case 4:
-            for (int i = 0; i < n / 2; i++) {
-                dst[2 * i]     = (float) (src[i] & 15) - zp;
-                dst[2 * i + 1] = (float) (src[i] >> 4) - zp;
+        case 4: {
+            int i = 0;
+#if defined(__AVX512F__)
+            for (; i + 32 <= n; i += 32) {
+                const __m128i v  = _mm_loadu_si128((const __m128i *) (src + i / 2));
+                const __m128i m  = _mm_set1_epi8(15);
+                const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+                _mm512_storeu_ps(dst + i, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi))));
+                _mm512_storeu_ps(dst + i + 16, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi))));
+            }
+#elif defined(__AVX2__)
+            for (; i + 32 <= n; i += 32) {
+                const __m128i v  = _mm_loadu_si128((const __m128i *) (src + i / 2));
+                const __m128i m  = _mm_set1_epi8(15);
+                const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+                const __m128i a0 = _mm_unpacklo_epi8(lo, hi), a1 = _mm_unpackhi_epi8(lo, hi);
+                _mm256_storeu_ps(dst + i, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(a0)));
+                _mm256_storeu_ps(dst + i + 8, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(a0, 8))));
+                _mm256_storeu_ps(dst + i + 16, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(a1)));
+                _mm256_storeu_ps(dst + i + 24, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(a1, 8))));
+            }
+#endif
+            for (; i < n; i += 2) {
+                dst[i]     = (float) (src[i / 2] & 15);
+                dst[i + 1] = (float) (src[i / 2] >> 4);
             }
             break;
+        }
         case 8:
             for (int i = 0; i < n; i++) {
-                dst[i] = (float) src[i] - zp;
+                dst[i] = (float) src[i];
             }
             break;
         case 2:
             for (int i = 0; i < n / 4; i++) {
                 const uint8_t b = src[i];
-                dst[4 * i]     = (float) (b & 3) - zp;
-                dst[4 * i + 1] = (float) ((b >> 2) & 3) - zp;
-                dst[4 * i + 2] = (float) ((b >> 4) & 3) - zp;
-                dst[4 * i + 3] = (float) (b >> 6) - zp;
+                dst[4 * i]     = (float) (b & 3);
+                dst[4 * i + 1] = (float) ((b >> 2) & 3);
+                dst[4 * i + 2] = (float) ((b >> 4) & 3);
+                dst[4 * i + 3] = (float) (b >> 6);
             }
             break;
         default: { // 3 bits: 16 codes in 6 bytes
@@ -72,7 +123,7 @@ static inline void DQ_FN(unpack)(const uint8_t * restrict src, int bits, int n, 
                 const uint64_t  w = (uint64_t) s[0] | (uint64_t) s[1] << 8 | (uint64_t) s[2] << 16 |
                                    (uint64_t) s[3] << 24 | (uint64_t) s[4] << 32 | (uint64_t) s[5] << 40;
                 for (int j = 0; j < 16; j++) {
-                    dst[16 * r + j] = (float) ((w >> (3 * j)) & 7) - zp;
+                    dst[16 * r + j] = (float) ((w >> (3 * j)) & 7);
                 }
             }
         }
@@ -80,7 +131,7 @@ static inline void DQ_FN(unpack)(const uint8_t * restrict src, int bits, int n, 
 }
 
 // Softmax bookkeeping for one tile: new max, rescale acc/l, turn scores into weights.
-static void DQ_FN(softmax_tile)(float * restrict sc, int n, int hd, float * m, float * l, float * acc) {
+static inline void DQ_FN(softmax_tile)(float * restrict sc, int n, int hd, float * m, float * l, float * acc) {
     float mx = -INFINITY;
     for (int t = 0; t < n; t++) {
         mx = sc[t] > mx ? sc[t] : mx;
@@ -92,16 +143,17 @@ static void DQ_FN(softmax_tile)(float * restrict sc, int n, int hd, float * m, f
         return;
     }
     if (mx > *m) {
-        const float corr = expf(*m - mx); // 0 when *m is -inf
+        const float corr = DQ_FN(expf)(*m - mx); // 0 when *m is -inf
         for (int i = 0; i < hd; i++) {
             acc[i] *= corr;
         }
         *l *= corr;
         *m = mx;
     }
+    const float mm = *m;
     float sum = 0.0f;
     for (int t = 0; t < n; t++) {
-        sc[t] = expf(sc[t] - *m);
+        sc[t] = DQ_FN(expf)(sc[t] - mm);
         sum += sc[t];
     }
     *l += sum;
@@ -116,11 +168,45 @@ static inline int n_valid(int n, int32_t p0, int32_t qpos) {
     return v <= 0 ? 0 : v < n ? (int) v : n;
 }
 
-static void DQ_FN(seg_f16)(const dq_attn_shape * sh, const dq_segment * s, int kvh, const float * q, int32_t qpos,
-                           dq_state st, float * scratch) {
-    const int hd = sh->hd, grp = sh->grp, nkv = sh->ck->n_kv_heads;
-    float * sc  = scratch;               // [grp][DQ_TILE]
-    float * row = sc + grp * DQ_TILE;    // [hd]
+// The shared core: rows kb[n][hd] and vb[n][hd] (FP16 rows, or dequantized A rows) against
+// qg[grp][hd]. The online softmax rescales out[grp][hd]; weighted values go to vacc[grp][hd]
+// (out itself for FP16, an A-space sum for blocks).
+static inline __attribute__((always_inline)) void DQ_FN(tile_core)(
+        const float * restrict kb, const float * restrict vb, int n, const float * restrict qg, int grp,
+        float scale, dq_state st, float * out, float * vacc, float * restrict sc, const int hd) {
+    for (int g = 0; g < grp; g++) {
+        const float * qr = qg + g * hd;
+        for (int t = 0; t < n; t++) {
+            float x = 0.0f;
+            for (int i = 0; i < hd; i++) {
+                x += qr[i] * kb[t * hd + i];
+            }
+            sc[t] = x * scale;
+        }
+        DQ_FN(softmax_tile)(sc, n, hd, st.m + g, st.l + g, out + g * hd);
+        float acc[hd];
+        for (int i = 0; i < hd; i++) {
+            acc[i] = vacc[g * hd + i];
+        }
+        for (int t = 0; t < n; t++) {
+            const float p = sc[t];
+            for (int i = 0; i < hd; i++) {
+                acc[i] += p * vb[t * hd + i];
+            }
+        }
+        for (int i = 0; i < hd; i++) {
+            vacc[g * hd + i] = acc[i];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void DQ_FN(seg_f16_impl)(
+        const dq_attn_shape * sh, const dq_segment * s, int kvh, const float * q, int32_t qpos, dq_state st,
+        float * scratch, const int hd) {
+    const int nkv = sh->ck->n_kv_heads;
+    float * kb = scratch;               // [DQ_TILE][hd]
+    float * vb = kb + DQ_TILE * hd;     // [DQ_TILE][hd]
+    float * sc = vb + DQ_TILE * hd;     // [DQ_TILE]
     const uint16_t * k = s->k;
     const uint16_t * v = s->v;
     for (int t0 = 0; t0 < s->n_tokens; t0 += DQ_TILE) {
@@ -129,20 +215,10 @@ static void DQ_FN(seg_f16)(const dq_attn_shape * sh, const dq_segment * s, int k
             break;
         }
         for (int t = 0; t < n; t++) {
-            DQ_FN(f16_row)(k + ((int64_t) (t0 + t) * nkv + kvh) * hd, row, hd);
-            for (int g = 0; g < grp; g++) {
-                sc[g * DQ_TILE + t] = DQ_FN(dot)(q + g * hd, row, hd) * sh->scale;
-            }
+            DQ_FN(f16_row)(k + ((int64_t) (t0 + t) * nkv + kvh) * hd, kb + t * hd, hd);
+            DQ_FN(f16_row)(v + ((int64_t) (t0 + t) * nkv + kvh) * hd, vb + t * hd, hd);
         }
-        for (int g = 0; g < grp; g++) {
-            DQ_FN(softmax_tile)(sc + g * DQ_TILE, n, hd, st.m + g, st.l + g, st.acc + g * hd);
-        }
-        for (int t = 0; t < n; t++) {
-            DQ_FN(f16_row)(v + ((int64_t) (t0 + t) * nkv + kvh) * hd, row, hd);
-            for (int g = 0; g < grp; g++) {
-                DQ_FN(axpy)(sc[g * DQ_TILE + t], row, st.acc + g * hd, hd);
-            }
-        }
+        DQ_FN(tile_core)(kb, vb, n, q, sh->grp, sh->scale, st, st.acc, st.acc, sc, hd);
     }
 }
 
@@ -151,11 +227,11 @@ typedef struct head_view {
     const uint16_t * b;      // the head's B (fp16 16x16)
     const uint16_t * cs;     // channel scales of the head (channel mode) or NULL
     const uint16_t * cm;     // channel mins (channel mode, asym) or NULL
-    const uint16_t * ts;     // token params: scale of token t, param k at ts[t * per + k]
+    const uint16_t * ts;     // token params: param k of token t at ts[t * per + k]
     const uint16_t * tm;     // token mins (asym) or NULL
     const uint8_t  * codes;  // [n][R][2*bits]
-    int per, k0, rpp;        // params per token, first param of this head, rows per param
-    int bits, asym, mode;
+    int per, k0;             // params per token and this head's first
+    int bits, mode, rb;      // rb: code bytes per token of this head
     float zp;
 } head_view;
 
@@ -165,65 +241,90 @@ static head_view head_of(const dq_config * c, const void * block, int n, int kvh
     const int hd = c->head_dim, d = dq_dim(c), R = hd / 16;
     head_view h;
     h.bits  = c->bits;
-    h.asym  = c->asym;
     h.mode  = c->scale_mode;
     h.zp    = c->asym ? 0.0f : (float) dq_qmax(c->bits);
     h.b     = (const uint16_t *) (blk + L.b) + (c->scope == DQ_SCOPE_HEAD ? kvh : 0) * 256;
     h.cs    = h.mode == DQ_SCALE_CHANNEL ? (const uint16_t *) (blk + L.cparam) + kvh * hd : NULL;
     h.cm    = h.cs && c->asym ? h.cs + d : NULL;
     h.per   = dq_tparams_per_token(c);
-    h.rpp   = h.per ? (d / 16) / h.per : 0;
-    h.k0    = h.per ? (kvh * R) / h.rpp : 0;
+    h.k0    = h.mode == DQ_SCALE_ROW ? kvh * R : (c->scope == DQ_SCOPE_HEAD ? kvh : 0);
     h.ts    = (const uint16_t *) (blk + L.tparam);
     h.tm    = c->asym && h.per ? h.ts + (int64_t) n * h.per : NULL;
-    h.codes = blk + L.codes + (int64_t) kvh * n * R * dq_row_bytes(c->bits);
+    h.rb    = R * dq_row_bytes(c->bits);
+    h.codes = blk + L.codes + (int64_t) kvh * n * h.rb;
     return h;
 }
 
-// Scale and offset of row rr of token t (token and row modes).
-static inline void row_param(const head_view * h, int t, int rr, float * s, float * lo) {
-    const int64_t k = (int64_t) t * h->per + h->k0 + (h->mode == DQ_SCALE_ROW ? rr : 0);
-    *s  = dq_fp16_to_fp32(h->ts[k]);
-    *lo = h->tm ? dq_fp16_to_fp32(h->tm[k]) : 0.0f;
+// Channel mode: a = cscale[c] * u + coff[c] for the whole block.
+static void DQ_FN(channel_params)(const head_view * h, int hd, float * cs, float * co) {
+    for (int c = 0; c < hd; c++) {
+        cs[c] = DQ_FN(h2f)(h->cs[c]);
+        co[c] = (h->cm ? DQ_FN(h2f)(h->cm[c]) : 0.0f) - cs[c] * h->zp;
+    }
 }
 
-static void DQ_FN(seg_block)(const dq_attn_shape * sh, const dq_segment * s, int kvh, const float * q, int32_t qpos,
-                             dq_state st, float * scratch) {
-    const int hd = sh->hd, grp = sh->grp, R = hd / 16, n_all = s->n_tokens;
-    float * sc   = scratch;              // [grp][DQ_TILE]
-    float * qt   = sc + grp * DQ_TILE;   // [grp][hd]   q~ = B q (times channel scales)
-    float * acc  = qt + grp * hd;        // [grp][hd]   A-space value sums
-    float * row  = acc + grp * hd;       // [hd]        unpacked codes
-    float * bf   = row + hd;             // [256]       B as floats
-    float * qs   = bf + 256;             // [grp][R]    sums of q~ per row (offset terms)
-    float * rw   = qs + grp * R;         // [grp][R]    per-row weights of offsets (V)
-    const head_view hk = head_of(sh->ck, s->k, n_all, kvh);
-    const head_view hv = head_of(sh->cv, s->v, n_all, kvh);
-    const int rbk = R * dq_row_bytes(hk.bits), rbv = R * dq_row_bytes(hv.bits);
-
-    // q~ = B q per 16-row, then fold channel scales; offsets need sums of q~
-    DQ_FN(f16_row)(hk.b, bf, 256);
-    float coff[64]; // channel-mode asym: constant score offset per query head
-    for (int g = 0; g < grp; g++) {
-        coff[g] = 0.0f;
-        for (int rr = 0; rr < R; rr++) {
-            const float * qr = q + g * hd + rr * 16;
-            float * o = qt + g * hd + rr * 16;
-            float sum = 0.0f;
-            for (int i = 0; i < 16; i++) {
-                o[i] = DQ_FN(dot)(bf + i * 16, qr, 16);
-                sum += o[i];
+// Dequantized A rows of tokens t0..t0+n-1 of one head: a = off + scale * u.
+static inline __attribute__((always_inline)) void DQ_FN(dequant_tile)(
+        const head_view * h, int t0, int n, const float * restrict cs, const float * restrict co,
+        float * restrict a, const int hd) {
+    for (int t = 0; t < n; t++) {
+        const int tt = t0 + t;
+        float * at = a + t * hd;
+        DQ_FN(unpack)(h->codes + (int64_t) tt * h->rb, h->bits, hd, at);
+        if (h->mode == DQ_SCALE_CHANNEL) {
+            for (int c = 0; c < hd; c++) {
+                at[c] = at[c] * cs[c] + co[c];
             }
-            qs[g * R + rr] = sum;
-            if (hk.cs) {
-                for (int i = 0; i < 16; i++) {
-                    if (hk.cm) {
-                        coff[g] += o[i] * dq_fp16_to_fp32(hk.cm[rr * 16 + i]);
-                    }
-                    o[i] *= dq_fp16_to_fp32(hk.cs[rr * 16 + i]);
+        } else if (h->mode == DQ_SCALE_TOKEN) {
+            const int64_t k = (int64_t) tt * h->per + h->k0;
+            const float s = DQ_FN(h2f)(h->ts[k]);
+            const float o = (h->tm ? DQ_FN(h2f)(h->tm[k]) : 0.0f) - s * h->zp;
+            for (int c = 0; c < hd; c++) {
+                at[c] = at[c] * s + o;
+            }
+        } else {
+            for (int r = 0; r < hd / 16; r++) {
+                const int64_t k = (int64_t) tt * h->per + h->k0 + r;
+                const float s = DQ_FN(h2f)(h->ts[k]);
+                const float o = (h->tm ? DQ_FN(h2f)(h->tm[k]) : 0.0f) - s * h->zp;
+                for (int j = 0; j < 16; j++) {
+                    at[r * 16 + j] = at[r * 16 + j] * s + o;
                 }
             }
         }
+    }
+}
+
+static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
+        const dq_attn_shape * sh, const dq_segment * s, int kvh, const float * q, int32_t qpos, dq_state st,
+        float * scratch, const int hd) {
+    const int grp = sh->grp, R = hd / 16, n_all = s->n_tokens;
+    const head_view hk = head_of(sh->ck, s->k, n_all, kvh);
+    const head_view hv = head_of(sh->cv, s->v, n_all, kvh);
+    float * kb  = scratch;               // [DQ_TILE][hd] A rows of K
+    float * vb  = kb + DQ_TILE * hd;     // [DQ_TILE][hd] A rows of V
+    float * sc  = vb + DQ_TILE * hd;     // [DQ_TILE]
+    float * qt  = sc + DQ_TILE;          // [grp][hd] q~ = B q per 16-row
+    float * acc = qt + grp * hd;         // [grp][hd] A-space value sums of a tile
+    float * bf  = acc + grp * hd;        // [256] B as floats
+    float * kcs = bf + 256;              // [hd] x 4: channel scales and offsets of K and V
+    float * kco = kcs + hd;
+    float * vcs = kco + hd;
+    float * vco = vcs + hd;
+
+    DQ_FN(f16_row)(hk.b, bf, 256);
+    for (int g = 0; g < grp; g++) {
+        for (int r = 0; r < R; r++) {
+            for (int i = 0; i < 16; i++) {
+                qt[g * hd + r * 16 + i] = DQ_FN(dot)(bf + i * 16, q + g * hd + r * 16, 16);
+            }
+        }
+    }
+    if (hk.mode == DQ_SCALE_CHANNEL) {
+        DQ_FN(channel_params)(&hk, hd, kcs, kco);
+    }
+    if (hv.mode == DQ_SCALE_CHANNEL) {
+        DQ_FN(channel_params)(&hv, hd, vcs, vco);
     }
     DQ_FN(f16_row)(hv.b, bf, 256); // from here on bf is V's B
 
@@ -232,101 +333,36 @@ static void DQ_FN(seg_block)(const dq_attn_shape * sh, const dq_segment * s, int
         if (n == 0) {
             break;
         }
-        // scores
-        for (int t = 0; t < n; t++) {
-            const int tt = t0 + t;
-            DQ_FN(unpack)(hk.codes + (int64_t) tt * rbk, hk.bits, hd, hk.zp, row);
-            if (hk.mode == DQ_SCALE_CHANNEL) {
-                for (int g = 0; g < grp; g++) {
-                    sc[g * DQ_TILE + t] = (DQ_FN(dot)(qt + g * hd, row, hd) + coff[g]) * sh->scale;
-                }
-            } else if (hk.mode == DQ_SCALE_TOKEN) {
-                float ts, lo;
-                row_param(&hk, tt, 0, &ts, &lo);
-                for (int g = 0; g < grp; g++) {
-                    float off = 0.0f;
-                    if (hk.tm) {
-                        for (int rr = 0; rr < R; rr++) {
-                            off += qs[g * R + rr];
-                        }
-                    }
-                    sc[g * DQ_TILE + t] = (ts * DQ_FN(dot)(qt + g * hd, row, hd) + lo * off) * sh->scale;
-                }
-            } else {
-                for (int g = 0; g < grp; g++) {
-                    float x = 0.0f;
-                    for (int rr = 0; rr < R; rr++) {
-                        float rs, lo;
-                        row_param(&hk, tt, rr, &rs, &lo);
-                        x += rs * DQ_FN(dot)(qt + g * hd + rr * 16, row + rr * 16, 16) + lo * qs[g * R + rr];
-                    }
-                    sc[g * DQ_TILE + t] = x * sh->scale;
-                }
-            }
-        }
-        for (int g = 0; g < grp; g++) {
-            DQ_FN(softmax_tile)(sc + g * DQ_TILE, n, hd, st.m + g, st.l + g, st.acc + g * hd);
-        }
-        // values, summed in A-space
+        DQ_FN(dequant_tile)(&hk, t0, n, kcs, kco, kb, hd);
+        DQ_FN(dequant_tile)(&hv, t0, n, vcs, vco, vb, hd);
         for (int i = 0; i < grp * hd; i++) {
             acc[i] = 0.0f;
         }
-        for (int i = 0; i < grp * R; i++) {
-            rw[i] = 0.0f;
-        }
-        float psum[64];
+        DQ_FN(tile_core)(kb, vb, n, qt, grp, sh->scale, st, st.acc, acc, sc, hd);
+        // values were summed in A-space: out_row += acc_row @ B, once per tile
         for (int g = 0; g < grp; g++) {
-            psum[g] = 0.0f;
-        }
-        for (int t = 0; t < n; t++) {
-            const int tt = t0 + t;
-            DQ_FN(unpack)(hv.codes + (int64_t) tt * rbv, hv.bits, hd, hv.zp, row);
-            if (hv.mode == DQ_SCALE_CHANNEL) {
-                for (int g = 0; g < grp; g++) {
-                    const float p = sc[g * DQ_TILE + t];
-                    DQ_FN(axpy)(p, row, acc + g * hd, hd);
-                    psum[g] += p;
-                }
-            } else if (hv.mode == DQ_SCALE_TOKEN) {
-                float ts, lo;
-                row_param(&hv, tt, 0, &ts, &lo);
-                for (int g = 0; g < grp; g++) {
-                    const float p = sc[g * DQ_TILE + t];
-                    DQ_FN(axpy)(p * ts, row, acc + g * hd, hd);
-                    psum[g] += p * lo;
-                }
-            } else {
-                for (int rr = 0; rr < R; rr++) {
-                    float rs, lo;
-                    row_param(&hv, tt, rr, &rs, &lo);
-                    for (int g = 0; g < grp; g++) {
-                        const float p = sc[g * DQ_TILE + t];
-                        DQ_FN(axpy)(p * rs, row + rr * 16, acc + g * hd + rr * 16, 16);
-                        rw[g * R + rr] += p * lo;
-                    }
-                }
-            }
-        }
-        // offsets and channel scales, then project through B: out_row += acc_row @ B
-        for (int g = 0; g < grp; g++) {
-            float * a = acc + g * hd;
-            for (int c = 0; c < hd; c++) {
-                if (hv.mode == DQ_SCALE_CHANNEL) {
-                    a[c] = a[c] * dq_fp16_to_fp32(hv.cs[c]) + (hv.cm ? psum[g] * dq_fp16_to_fp32(hv.cm[c]) : 0.0f);
-                } else if (hv.mode == DQ_SCALE_TOKEN) {
-                    a[c] += psum[g];
-                } else {
-                    a[c] += rw[g * R + c / 16];
-                }
-            }
-            for (int rr = 0; rr < R; rr++) {
-                float * o = st.acc + g * hd + rr * 16;
+            for (int r = 0; r < R; r++) {
+                float * o = st.acc + g * hd + r * 16;
                 for (int i = 0; i < 16; i++) {
-                    DQ_FN(axpy)(a[rr * 16 + i], bf + i * 16, o, 16);
+                    DQ_FN(axpy)(acc[g * hd + r * 16 + i], bf + i * 16, o, 16);
                 }
             }
         }
     }
 }
+
+// hd as a compile-time constant for the common head sizes: unrolled inner loops
+#define DQ_HD_DISPATCH(impl)                                                                  \
+    static void DQ_FN(impl)(const dq_attn_shape * sh, const dq_segment * s, int kvh, const float * q, \
+                            int32_t qpos, dq_state st, float * scratch) {                      \
+        switch (sh->hd) {                                                                     \
+            case 64:  DQ_FN(impl##_impl)(sh, s, kvh, q, qpos, st, scratch, 64); break;         \
+            case 128: DQ_FN(impl##_impl)(sh, s, kvh, q, qpos, st, scratch, 128); break;        \
+            case 256: DQ_FN(impl##_impl)(sh, s, kvh, q, qpos, st, scratch, 256); break;        \
+            default:  DQ_FN(impl##_impl)(sh, s, kvh, q, qpos, st, scratch, sh->hd);            \
+        }                                                                                     \
+    }
+DQ_HD_DISPATCH(seg_f16)
+DQ_HD_DISPATCH(seg_block)
 
 const dq_kernels DQ_KERNELS = { DQ_KNAME, DQ_FN(seg_f16), DQ_FN(seg_block) };

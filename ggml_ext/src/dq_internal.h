@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#define DQ_TILE 256 // tokens per online-softmax step
+#define DQ_TILE 64 // tokens per online-softmax step (two tiles of rows stay in L1/L2)
 
 static inline int dq_qmax(int bits) { return (1 << (bits - 1)) - 1; }
 static inline int dq_row_bytes(int bits) { return 2 * bits; } // 16 codes
