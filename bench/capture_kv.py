@@ -22,10 +22,17 @@ causal softmax(Q K^T / sqrt(d)) V recomputed in NumPy from the captured
 tensors matches it; it repeats the check with the pre-RoPE Q/K (which must
 NOT match), and re-applies RoPE in NumPy to the pre-RoPE K.
 
-Example:
-  python bench/capture_kv.py --model ~/.cache/decoquant/models/smollm2-135m-instruct.gguf \\
-      --text /work/shared/data/sotu.txt --n-tokens 2048 --offset-chars 10276186 \\
-      --out ~/.cache/decoquant/kv/smollm2-135m-instruct-sotu-2048.npz
+Reproduce the cached files (offset 10276186 = start of the sotu.txt address
+that begins "Madam Speaker, Mr. Vice President, Members of Congress, the First Lady"):
+  for m in smollm2-135m-instruct qwen2.5-coder-1.5b-instruct; do
+    python bench/capture_kv.py --model ~/.cache/decoquant/models/$m.gguf \\
+        --text /work/shared/data/sotu.txt --n-tokens 2048 --offset-chars 10276186 \\
+        --validate-layers all --out ~/.cache/decoquant/kv/$m-sotu-2048.npz
+  done
+
+Needs llama-cpp-python 0.3.36. On CPUs with AMX, a -march=native build of it
+(the default) segfaults in ggml_backend_amx_mul_mat on batched matmuls; build it
+with GGML_NATIVE=OFF and explicit AVX-512 flags, or pass --no-extra-bufts.
 """
 
 from __future__ import annotations
@@ -217,10 +224,17 @@ def quiet_logs(verbose: bool) -> None:
     llama_cpp.llama_log_set(_LOG_CB, ctypes.c_void_p())
 
 
-def load_model(path: Path) -> Any:
+def load_model(path: Path, extra_bufts: bool = True) -> Any:
+    """Load a GGUF on the CPU.
+
+    extra_bufts=False disables llama.cpp's extra CPU buffer types (weight repacking
+    and the AMX backend); that avoids the segfault in ggml_backend_amx_mul_mat seen
+    with builds made with -march=native on AMX CPUs.
+    """
     llama_cpp.llama_backend_init()
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
+    mparams.use_extra_bufts = extra_bufts
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
     if not model:
         raise RuntimeError(f"failed to load {path}")
@@ -374,6 +388,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="first,mid,last",
         help="comma list of layer indices (or first/mid/last/all/none) to check against llama.cpp's kqv_out",
     )
+    p.add_argument(
+        "--no-extra-bufts",
+        action="store_true",
+        help="disable weight repacking / AMX buffers (workaround for AMX crashes in -march=native builds)",
+    )
     p.add_argument("--verbose", action="store_true", help="show llama.cpp info logs")
     return p.parse_args(argv)
 
@@ -393,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     lib = load_ggml()
 
     t0 = time.time()
-    model = load_model(args.model)
+    model = load_model(args.model, extra_bufts=not args.no_extra_bufts)
     vocab = llama_cpp.llama_model_get_vocab(model)
     arch = meta_str(model, "general.architecture") or "?"
     n_layer = int(llama_cpp.llama_model_n_layer(model))
@@ -510,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "text_file": args.text.name,
         "text_sha256": hashlib.sha256(text_bytes).hexdigest(),
         "text_offset_chars": args.offset_chars,
+        "text_span_chars": n_chars,
         "text_span_sha256": hashlib.sha256(
             text[args.offset_chars : args.offset_chars + n_chars].encode("utf-8")
         ).hexdigest(),

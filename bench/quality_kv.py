@@ -105,7 +105,8 @@ def main() -> None:
     ap.add_argument("--methods", default="all", help="'all' or a substring filter, | separated")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args()
-    d = np.load(args.npz)
+    with np.load(args.npz) as f:
+        d = {k: f[k] for k in f.files}
     q_all, k_all, v_all = d["q"], d["k"], d["v"]
     n_layers, n = k_all.shape[:2]
     layers = range(n_layers) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
@@ -133,7 +134,7 @@ def main() -> None:
             print(f"{name:46s} {bits} bpv {row['bits_per_value']:.3f}  K {row['k_rel']:.4f}  V {row['v_rel']:.4f}  "
                   f"attn {row['attn_rel']:.4f} (worst layer {row['attn_rel_max_layer']:.4f})", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    meta = {k: str(d[k]) for k in d.files if k not in ("q", "k", "v")}
+    meta = {k: str(v) for k, v in d.items() if k not in ("q", "k", "v", "tokens", "meta_json")}
     meta.update(n_tokens=int(n), n_queries=args.n_queries, layers=list(layers))
     with open(Path(args.out) / f"quality_{args.name}.json", "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=1)

@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flash-attn", action="store_true")
     p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f16")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--no-extra-bufts", action="store_true", help="disable weight repacking / AMX buffers")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs(args.verbose)
-    model = load_model(args.model)
+    model = load_model(args.model, extra_bufts=not args.no_extra_bufts)
     vocab = llama_cpp.llama_model_get_vocab(model)
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
     bos = int(llama_cpp.llama_vocab_bos(vocab))

@@ -171,12 +171,60 @@ static inline int n_valid(int n, int32_t p0, int32_t qpos) {
 // The shared core: rows kb[n][hd] and vb[n][hd] (FP16 rows, or dequantized A rows) against
 // qg[grp][hd]. The online softmax rescales out[grp][hd]; weighted values go to vacc[grp][hd]
 // (out itself for FP16, an A-space sum for blocks).
+#if defined(__AVX512F__)
+// Sixteen vectors -> one: lane t holds the sum of v[t] (a transpose-add tree, ~3 ops a sum).
+static inline __m512 DQ_FN(reduce16)(__m512 v[16]) {
+    __m512 a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) {
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+        b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; i++) {
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+    }
+    return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+}
+
+// Scores of 16-token groups for one query row: no per-token horizontal sums.
+static inline __attribute__((always_inline)) int DQ_FN(scores16)(const float * restrict kb, int n,
+                                                                 const float * restrict qr, float scale,
+                                                                 float * restrict sc, const int hd) {
+    __m512 q[16];
+    for (int i = 0; i < hd / 16; i++) {
+        q[i] = _mm512_loadu_ps(qr + 16 * i);
+    }
+    int t = 0;
+    for (; t + 16 <= n; t += 16) {
+        __m512 v[16];
+        for (int j = 0; j < 16; j++) {
+            __m512 x = _mm512_mul_ps(q[0], _mm512_loadu_ps(kb + (t + j) * hd));
+            for (int i = 1; i < hd / 16; i++) {
+                x = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(kb + (t + j) * hd + 16 * i), x);
+            }
+            v[j] = x;
+        }
+        _mm512_storeu_ps(sc + t, _mm512_mul_ps(DQ_FN(reduce16)(v), _mm512_set1_ps(scale)));
+    }
+    return t;
+}
+#endif
+
 static inline __attribute__((always_inline)) void DQ_FN(tile_core)(
         const float * restrict kb, const float * restrict vb, int n, const float * restrict qg, int grp,
         float scale, dq_state st, float * out, float * vacc, float * restrict sc, const int hd) {
     for (int g = 0; g < grp; g++) {
         const float * qr = qg + g * hd;
-        for (int t = 0; t < n; t++) {
+        int t0 = 0;
+#if defined(__AVX512F__)
+        if (hd % 16 == 0 && hd <= 256) {
+            t0 = DQ_FN(scores16)(kb, n, qr, scale, sc, hd);
+        }
+#endif
+        for (int t = t0; t < n; t++) {
             float x = 0.0f;
             for (int i = 0; i < hd; i++) {
                 x += qr[i] * kb[t * hd + i];
@@ -312,11 +360,24 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
     float * vcs = kco + hd;
     float * vco = vcs + hd;
 
-    DQ_FN(f16_row)(hk.b, bf, 256);
+    // q~_r = B q_r = sum_j q_r[j] * (column j of B): broadcast-FMAs over B's transpose
+    DQ_FN(f16_row)(hk.b, kb, 256); // kb is free until the first tile
+    for (int j = 0; j < 16; j++) {
+        for (int i = 0; i < 16; i++) {
+            bf[j * 16 + i] = kb[i * 16 + j];
+        }
+    }
     for (int g = 0; g < grp; g++) {
         for (int r = 0; r < R; r++) {
+            const float * qr = q + g * hd + r * 16;
+            float o[16] = { 0 };
+            for (int j = 0; j < 16; j++) {
+                for (int i = 0; i < 16; i++) {
+                    o[i] += qr[j] * bf[j * 16 + i];
+                }
+            }
             for (int i = 0; i < 16; i++) {
-                qt[g * hd + r * 16 + i] = DQ_FN(dot)(bf + i * 16, q + g * hd + r * 16, 16);
+                qt[g * hd + r * 16 + i] = o[i];
             }
         }
     }
@@ -342,9 +403,18 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
         // values were summed in A-space: out_row += acc_row @ B, once per tile
         for (int g = 0; g < grp; g++) {
             for (int r = 0; r < R; r++) {
-                float * o = st.acc + g * hd + r * 16;
+                const float * a = acc + g * hd + r * 16;
+                float o[16];
+                for (int k = 0; k < 16; k++) {
+                    o[k] = st.acc[g * hd + r * 16 + k];
+                }
                 for (int i = 0; i < 16; i++) {
-                    DQ_FN(axpy)(acc[g * hd + r * 16 + i], bf + i * 16, o, 16);
+                    for (int k = 0; k < 16; k++) {
+                        o[k] += a[i] * bf[i * 16 + k];
+                    }
+                }
+                for (int k = 0; k < 16; k++) {
+                    st.acc[g * hd + r * 16 + k] = o[k];
                 }
             }
         }
