@@ -17,7 +17,8 @@ static const dq_kernels * kernels(void) {
     }
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni")) {
         return &dq_kernels_avx512;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
@@ -31,7 +32,7 @@ const char * dq_cpu_kernels(void) { return kernels()->name; }
 
 size_t dq_attn_scratch_floats(int grp, int hd) {
     // two tiles of rows, scores, q~ and A-space sums, B, channel params (dq_attn_kernels.c)
-    return 2 * (size_t) DQ_TILE * hd + DQ_TILE + 2 * (size_t) grp * hd + 256 + 4 * (size_t) hd + 16;
+    return 2 * (size_t) DQ_TILE * hd + (size_t) grp * DQ_TILE + 2 * (size_t) grp * hd + 256 + 4 * (size_t) hd + 16;
 }
 
 int dq_attn_splits(const dq_attn_params * p, int nth) {

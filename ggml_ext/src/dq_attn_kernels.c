@@ -213,15 +213,17 @@ static inline __attribute__((always_inline)) int DQ_FN(scores16)(const float * r
 }
 #endif
 
-static inline __attribute__((always_inline)) void DQ_FN(tile_core)(
-        const float * restrict kb, const float * restrict vb, int n, const float * restrict qg, int grp,
-        float scale, dq_state st, float * out, float * vacc, float * restrict sc, const int hd) {
+// Scores sc[g][DQ_TILE] of rows kb[n][hd] (FP16 rows or dequantized A rows) for qg[grp][hd].
+static inline __attribute__((always_inline)) void DQ_FN(tile_scores)(
+        const float * restrict kb, int n, const float * restrict qg, int grp, float scale, float * restrict sc,
+        const int hd) {
     for (int g = 0; g < grp; g++) {
         const float * qr = qg + g * hd;
+        float * sg = sc + g * DQ_TILE;
         int t0 = 0;
 #if defined(__AVX512F__)
         if (hd % 16 == 0 && hd <= 256) {
-            t0 = DQ_FN(scores16)(kb, n, qr, scale, sc, hd);
+            t0 = DQ_FN(scores16)(kb, n, qr, scale, sg, hd);
         }
 #endif
         for (int t = t0; t < n; t++) {
@@ -229,15 +231,25 @@ static inline __attribute__((always_inline)) void DQ_FN(tile_core)(
             for (int i = 0; i < hd; i++) {
                 x += qr[i] * kb[t * hd + i];
             }
-            sc[t] = x * scale;
+            sg[t] = x * scale;
         }
-        DQ_FN(softmax_tile)(sc, n, hd, st.m + g, st.l + g, out + g * hd);
+    }
+}
+
+// Online softmax over the tile's scores, then weighted rows vb[n][hd]: out[grp][hd] is
+// rescaled, the weighted sum goes to vacc[grp][hd] (out itself for FP16, A-space for blocks).
+static inline __attribute__((always_inline)) void DQ_FN(tile_values)(
+        const float * restrict vb, int n, int grp, dq_state st, float * out, float * vacc, float * restrict sc,
+        const int hd) {
+    for (int g = 0; g < grp; g++) {
+        float * sg = sc + g * DQ_TILE;
+        DQ_FN(softmax_tile)(sg, n, hd, st.m + g, st.l + g, out + g * hd);
         float acc[hd];
         for (int i = 0; i < hd; i++) {
             acc[i] = vacc[g * hd + i];
         }
         for (int t = 0; t < n; t++) {
-            const float p = sc[t];
+            const float p = sg[t];
             for (int i = 0; i < hd; i++) {
                 acc[i] += p * vb[t * hd + i];
             }
@@ -248,13 +260,103 @@ static inline __attribute__((always_inline)) void DQ_FN(tile_core)(
     }
 }
 
+#if defined(__AVX512VNNI__)
+// Integer K scores for 4-bit codes (token or channel scales): q^ is split into two int16
+// parts once per block, q^ ~= s * (hi + lo / 65534) (error ~1e-9 of max|q^|), and each
+// token's raw codes are multiplied in with vpdpwssd, never dequantized. A 64-code group is
+// 32 bytes; low nibbles hold the even codes and high nibbles the odd ones, so q^ is stored
+// split the same way: [group][32 even][32 odd].
+static void DQ_FN(qint_make)(const float * qh, int grp, int hd, int16_t * q, float * scale) {
+    for (int g = 0; g < grp; g++) {
+        const float * x = qh + g * hd;
+        float mx = 0.0f;
+        for (int i = 0; i < hd; i++) {
+            mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
+        }
+        const float s = mx > 0.0f ? mx / 32767.0f : 1.0f;
+        scale[g] = s;
+        int16_t * hi = q + 2 * g * hd, * lo = hi + hd;
+        for (int k = 0; k < hd / 64; k++) {
+            for (int m = 0; m < 64; m++) {
+                const int   src = 64 * k + (m < 32 ? 2 * m : 2 * (m - 32) + 1);
+                const float y   = x[src] / s;
+                const float h   = rintf(y);
+                hi[64 * k + m] = (int16_t) h;
+                lo[64 * k + m] = (int16_t) rintf((y - h) * 65534.0f); // |y - h| <= 1/2: fits
+            }
+        }
+    }
+}
+
+static inline __m512i DQ_FN(ireduce16)(__m512i v[16]) {
+    __m512i a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) {
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    }
+    for (int i = 0; i < 4; i++) {
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; i++) {
+        c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88),
+                                _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xdd));
+    }
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xdd));
+}
+
+// Integer dots of tokens 0..n-1 (codes at codes + t * rb) with q[grp][2][hd] into dot[g][DQ_TILE],
+// in units of the q scale. grp <= 16. A token's codes are widened once for every query head.
+static inline __attribute__((always_inline)) void DQ_FN(idots4)(const uint8_t * codes, int rb, int n,
+                                                                const int16_t * q, int grp, float * dot,
+                                                                const int hd) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m512i acc_hi[16][16], acc_lo[16][16]; // [g][token in the group of 16]
+    for (int t = 0; t < n; t += 16) {
+        const int nb = n - t < 16 ? n - t : 16;
+        for (int j = 0; j < 16; j++) {
+            if (j >= nb) {
+                for (int g = 0; g < grp; g++) {
+                    acc_hi[g][j] = acc_lo[g][j] = _mm512_setzero_si512();
+                }
+                continue;
+            }
+            const uint8_t * c = codes + (int64_t) (t + j) * rb;
+            __m512i w[8];
+            for (int k = 0; k < hd / 64; k++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *) (c + 32 * k));
+                w[2 * k]     = _mm512_cvtepu8_epi16(_mm256_and_si256(v, m4));
+                w[2 * k + 1] = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            }
+            for (int g = 0; g < grp; g++) {
+                const int16_t * qh = q + 2 * g * hd, * ql = qh + hd;
+                __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+                for (int k = 0; k < hd / 32; k++) {
+                    a = _mm512_dpwssd_epi32(a, w[k], _mm512_loadu_si512(qh + 32 * k));
+                    b = _mm512_dpwssd_epi32(b, w[k], _mm512_loadu_si512(ql + 32 * k));
+                }
+                acc_hi[g][j] = a;
+                acc_lo[g][j] = b;
+            }
+        }
+        for (int g = 0; g < grp; g++) {
+            const __m512 h = _mm512_cvtepi32_ps(DQ_FN(ireduce16)(acc_hi[g]));
+            const __m512 l = _mm512_cvtepi32_ps(DQ_FN(ireduce16)(acc_lo[g]));
+            float tmp[16];
+            _mm512_storeu_ps(tmp, _mm512_fmadd_ps(l, _mm512_set1_ps(1.0f / 65534.0f), h));
+            for (int j = 0; j < nb; j++) {
+                dot[g * DQ_TILE + t + j] = tmp[j];
+            }
+        }
+    }
+}
+#endif
+
 static inline __attribute__((always_inline)) void DQ_FN(seg_f16_impl)(
         const dq_attn_shape * sh, const dq_segment * s, int kvh, const float * q, int32_t qpos, dq_state st,
         float * scratch, const int hd) {
     const int nkv = sh->ck->n_kv_heads;
     float * kb = scratch;               // [DQ_TILE][hd]
     float * vb = kb + DQ_TILE * hd;     // [DQ_TILE][hd]
-    float * sc = vb + DQ_TILE * hd;     // [DQ_TILE]
+    float * sc = vb + DQ_TILE * hd;     // [grp][DQ_TILE]
     const uint16_t * k = s->k;
     const uint16_t * v = s->v;
     for (int t0 = 0; t0 < s->n_tokens; t0 += DQ_TILE) {
@@ -266,7 +368,8 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_f16_impl)(
             DQ_FN(f16_row)(k + ((int64_t) (t0 + t) * nkv + kvh) * hd, kb + t * hd, hd);
             DQ_FN(f16_row)(v + ((int64_t) (t0 + t) * nkv + kvh) * hd, vb + t * hd, hd);
         }
-        DQ_FN(tile_core)(kb, vb, n, q, sh->grp, sh->scale, st, st.acc, st.acc, sc, hd);
+        DQ_FN(tile_scores)(kb, n, q, sh->grp, sh->scale, sc, hd);
+        DQ_FN(tile_values)(vb, n, sh->grp, st, st.acc, st.acc, sc, hd);
     }
 }
 
@@ -351,8 +454,8 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
     const head_view hv = head_of(sh->cv, s->v, n_all, kvh);
     float * kb  = scratch;               // [DQ_TILE][hd] A rows of K
     float * vb  = kb + DQ_TILE * hd;     // [DQ_TILE][hd] A rows of V
-    float * sc  = vb + DQ_TILE * hd;     // [DQ_TILE]
-    float * qt  = sc + DQ_TILE;          // [grp][hd] q~ = B q per 16-row
+    float * sc  = vb + DQ_TILE * hd;     // [grp][DQ_TILE] scores, then weights
+    float * qt  = sc + grp * DQ_TILE;    // [grp][hd] q~ = B q per 16-row
     float * acc = qt + grp * hd;         // [grp][hd] A-space value sums of a tile
     float * bf  = acc + grp * hd;        // [256] B as floats
     float * kcs = bf + 256;              // [hd] x 4: channel scales and offsets of K and V
@@ -387,6 +490,30 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
     if (hv.mode == DQ_SCALE_CHANNEL) {
         DQ_FN(channel_params)(&hv, hd, vcs, vco);
     }
+#if defined(__AVX512VNNI__)
+    // scores from raw codes: score = alpha_t * (q^ . u_t) + beta_t
+    const int use_int = hk.bits == 4 && hk.mode != DQ_SCALE_ROW && hd % 64 == 0 && hd <= 256 && grp <= 16;
+    int16_t qi[16 * 2 * 256];
+    float   qsc[16], beta_c[16], qsum[16];
+    if (use_int) {
+        float * qh = kb; // q^ = q~ (token) or q~ * cscale (channel), staged in kb
+        for (int g = 0; g < grp; g++) {
+            beta_c[g] = 0.0f;
+            qsum[g]   = 0.0f;
+            for (int c = 0; c < hd; c++) {
+                const float x = qt[g * hd + c];
+                qsum[g] += x;
+                if (hk.mode == DQ_SCALE_CHANNEL) {
+                    qh[g * hd + c] = x * kcs[c];
+                    beta_c[g] += x * kco[c];
+                } else {
+                    qh[g * hd + c] = x;
+                }
+            }
+        }
+        DQ_FN(qint_make)(qh, grp, hd, qi, qsc);
+    }
+#endif
     DQ_FN(f16_row)(hv.b, bf, 256); // from here on bf is V's B
 
     for (int t0 = 0; t0 < n_all; t0 += DQ_TILE) {
@@ -394,12 +521,32 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
         if (n == 0) {
             break;
         }
-        DQ_FN(dequant_tile)(&hk, t0, n, kcs, kco, kb, hd);
+#if defined(__AVX512VNNI__)
+        if (use_int) {
+            DQ_FN(idots4)(hk.codes + (int64_t) t0 * hk.rb, hk.rb, n, qi, grp, sc, hd);
+            for (int t = 0; t < n; t++) {
+                float alpha = 1.0f, off = 0.0f;
+                if (hk.mode == DQ_SCALE_TOKEN) {
+                    const int64_t k = (int64_t) (t0 + t) * hk.per + hk.k0;
+                    alpha = DQ_FN(h2f)(hk.ts[k]);
+                    off   = (hk.tm ? DQ_FN(h2f)(hk.tm[k]) : 0.0f) - alpha * hk.zp;
+                }
+                for (int g = 0; g < grp; g++) {
+                    const float beta = hk.mode == DQ_SCALE_TOKEN ? off * qsum[g] : beta_c[g];
+                    sc[g * DQ_TILE + t] = (alpha * qsc[g] * sc[g * DQ_TILE + t] + beta) * sh->scale;
+                }
+            }
+        } else
+#endif
+        {
+            DQ_FN(dequant_tile)(&hk, t0, n, kcs, kco, kb, hd);
+            DQ_FN(tile_scores)(kb, n, qt, grp, sh->scale, sc, hd);
+        }
         DQ_FN(dequant_tile)(&hv, t0, n, vcs, vco, vb, hd);
         for (int i = 0; i < grp * hd; i++) {
             acc[i] = 0.0f;
         }
-        DQ_FN(tile_core)(kb, vb, n, qt, grp, sh->scale, st, st.acc, acc, sc, hd);
+        DQ_FN(tile_values)(vb, n, grp, st, st.acc, acc, sc, hd);
         // values were summed in A-space: out_row += acc_row @ B, once per tile
         for (int g = 0; g < grp; g++) {
             for (int r = 0; r < R; r++) {
