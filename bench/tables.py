@@ -1,6 +1,7 @@
 """Markdown tables from docs/results/*.json (pasted into docs/RESULTS.md).
 
     python bench/tables.py quality docs/results/quality_smollm2-135m.json
+    python bench/tables.py quality-main docs/results/quality_smollm2-135m.json
     python bench/tables.py attn docs/results/attn_cpu.json
 """
 
@@ -20,6 +21,30 @@ def quality(path: str) -> str:
     return "\n".join(out)
 
 
+MAIN = {  # the compact table: name in the JSON -> label
+    "dq paper (token, sym, layer, g=.5)": "DecoQuant, paper preset (per-token sym)",
+    "dq token asym": "DecoQuant, per-token asym",
+    "dq channel asym chunk=256": "**DecoQuant, default** (per-channel asym, chunk 256)",
+    "dq channel asym": "DecoQuant, per-channel asym, chunk 128",
+    "rtn token sym": "RTN per-token sym (no decomposition)",
+    "rtn channel asym (per 128 tokens)": "RTN per-channel asym, 128 tokens (no decomposition)",
+    "rtn group32 (llama q4_0/q8_0)": "llama.cpp q4_0 / q8_0 layout, no rotation",
+    "rtn group32 + hadamard (llama as shipped)": "llama.cpp q4_0 / q8_0 + Hadamard (as shipped)",
+    "kivi (K channel/32 tok, V token/32 ch, asym)": "KIVI-style (K per-channel/32 tok, V per-token/32 ch)",
+}
+
+
+def quality_main(path: str) -> str:
+    d = json.load(open(path))
+    out = ["| method | bits | bits/value | K rel. err | V rel. err | attn rel. err | worst layer |",
+           "|---|---|---|---|---|---|---|"]
+    rows = [r for r in d["results"] if r["method"] in MAIN]
+    for r in sorted(rows, key=lambda r: (r["bits"], list(MAIN).index(r["method"]))):
+        out.append(f"| {MAIN[r['method']]} | {r['bits']} | {r['bits_per_value']:.3f} | {r['k_rel']:.4f} | "
+                   f"{r['v_rel']:.4f} | {r['attn_rel']:.4f} | {r['attn_rel_max_layer']:.4f} |")
+    return "\n".join(out)
+
+
 def attn(path: str) -> str:
     d = json.load(open(path))
     out = ["| shape | context | threads | FP16 µs (min–max) | DQ µs (min–max) | DQ/FP16 speed | bytes FP16 → DQ |",
@@ -32,4 +57,4 @@ def attn(path: str) -> str:
 
 
 if __name__ == "__main__":
-    print({"quality": quality, "attn": attn}[sys.argv[1]](sys.argv[2]))
+    print({"quality": quality, "quality-main": quality_main, "attn": attn}[sys.argv[1]](sys.argv[2]))
