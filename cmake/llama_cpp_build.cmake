@@ -62,6 +62,20 @@ function(dq_add_llama_cpp)
   set(CMAKE_INSTALL_DEFAULT_COMPONENT_NAME llama_cpp_upstream)
   add_subdirectory("${DQ_LLAMA_CPP_DIR}" "${CMAKE_BINARY_DIR}/llama.cpp" EXCLUDE_FROM_ALL)
 
+  # No AMX code in ggml-cpu. GGML_NATIVE builds with -march=native, which on a CPU with AMX
+  # defines __AMX_INT8__ and compiles ggml's AMX extra buffer type; its batched matmul crashes
+  # in ggml_backend_amx_mul_mat (upstream ggml-org/llama.cpp#20824, #16315). Switching the
+  # instructions off after -march=native removes that code path (GGML_AMX_* only act when
+  # GGML_NATIVE is OFF, and default to OFF there). -DDQ_ALLOW_AMX=ON keeps it.
+  option(DQ_ALLOW_AMX "let ggml-cpu compile its AMX code (crashes on batched matmuls, see above)" OFF)
+  if(TARGET ggml-cpu AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64" AND NOT DQ_ALLOW_AMX)
+    include(CheckCCompilerFlag)
+    check_c_compiler_flag("-mno-amx-int8" DQ_CC_HAS_NO_AMX)
+    if(DQ_CC_HAS_NO_AMX)
+      target_compile_options(ggml-cpu PRIVATE -mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+    endif()
+  endif()
+
   get_directory_property(commit DIRECTORY "${DQ_LLAMA_CPP_DIR}/ggml" DEFINITION GGML_BUILD_COMMIT)
   get_directory_property(native DIRECTORY "${DQ_LLAMA_CPP_DIR}/ggml" DEFINITION GGML_NATIVE)
   if(NOT commit MATCHES "^(${DQ_LLAMA_CPP_COMMIT}|unknown)")

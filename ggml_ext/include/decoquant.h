@@ -106,6 +106,8 @@ typedef struct dq_attn_params {
     int32_t n_split;         // splits of the segment list (flash-decoding); 0: chosen from nth
     float * out;             // [n_q][n_head][head_dim]
     float * work;            // dq_attn_work_size floats
+    int32_t window;          // sliding window (0: none): keys at k_pos <= q_pos - window are masked
+                             // (needs q_pos); segments wholly outside it are skipped
 } dq_attn_params;
 
 // Floats of workspace for nth threads (partial softmax states of each split).

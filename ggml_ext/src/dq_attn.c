@@ -88,7 +88,7 @@ void dq_attn(const dq_attn_params * p, int ith, int nth) {
     const int64_t units = (int64_t) p->n_q * nkv * ns;
     const size_t pf = part_floats(p);
     float * scratch = p->work + units * pf + (size_t) ith * dq_attn_scratch_floats(grp, hd);
-    const dq_attn_shape sh = { p->cfg_k, p->cfg_v, grp, hd, p->scale };
+    const dq_attn_shape sh = { p->cfg_k, p->cfg_v, grp, hd, p->scale, p->window };
     // contiguous unit ranges keep a thread on one row's data
     const int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
     for (int64_t u = u0; u < u1; u++) {
@@ -108,7 +108,8 @@ void dq_attn(const dq_attn_params * p, int ith, int nth) {
         split_range(p, sp, ns, &s0, &s1);
         for (int si = s0; si < s1; si++) {
             const dq_segment * s = &p->segs[si];
-            if (s->n_tokens <= 0 || (qpos != INT32_MAX && s->pos0 > qpos)) {
+            if (s->n_tokens <= 0 || (qpos != INT32_MAX && s->pos0 > qpos) ||
+                (p->window > 0 && qpos != INT32_MAX && (int64_t) s->pos0 + s->n_tokens - 1 <= (int64_t) qpos - p->window)) {
                 continue;
             }
             (s->kind == DQ_SEG_BLOCK ? k->seg_block : k->seg_f16)(&sh, s, kvh, q, qpos, st, scratch);

@@ -168,6 +168,16 @@ static inline int n_valid(int n, int32_t p0, int32_t qpos) {
     return v <= 0 ? 0 : v < n ? (int) v : n;
 }
 
+// Tokens at the start of a tile (first at p0, n tokens) outside a sliding window: the key
+// positions k <= qpos - window are masked (window 0: none).
+static inline int n_skip(int n, int32_t p0, int32_t qpos, int32_t window) {
+    if (window <= 0 || qpos == INT32_MAX) {
+        return 0;
+    }
+    const int64_t v = (int64_t) qpos - window - p0 + 1;
+    return v <= 0 ? 0 : v < n ? (int) v : n;
+}
+
 // The shared core: rows kb[n][hd] and vb[n][hd] (FP16 rows, or dequantized A rows) against
 // qg[grp][hd]. The online softmax rescales out[grp][hd]; weighted values go to vacc[grp][hd]
 // (out itself for FP16, an A-space sum for blocks).
@@ -359,8 +369,14 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_f16_impl)(
     float * sc = vb + DQ_TILE * hd;     // [grp][DQ_TILE]
     const uint16_t * k = s->k;
     const uint16_t * v = s->v;
-    for (int t0 = 0; t0 < s->n_tokens; t0 += DQ_TILE) {
-        const int n = n_valid(s->n_tokens - t0 < DQ_TILE ? s->n_tokens - t0 : DQ_TILE, s->pos0 + t0, qpos);
+    for (int tt = 0; tt < s->n_tokens; tt += DQ_TILE) {
+        const int nt = s->n_tokens - tt < DQ_TILE ? s->n_tokens - tt : DQ_TILE;
+        const int sk = n_skip(nt, s->pos0 + tt, qpos, sh->window);
+        if (sk == nt) {
+            continue;
+        }
+        const int t0 = tt + sk;
+        const int n  = n_valid(nt - sk, s->pos0 + t0, qpos);
         if (n == 0) {
             break;
         }
@@ -516,8 +532,14 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
 #endif
     DQ_FN(f16_row)(hv.b, bf, 256); // from here on bf is V's B
 
-    for (int t0 = 0; t0 < n_all; t0 += DQ_TILE) {
-        const int n = n_valid(n_all - t0 < DQ_TILE ? n_all - t0 : DQ_TILE, s->pos0 + t0, qpos);
+    for (int tt = 0; tt < n_all; tt += DQ_TILE) {
+        const int nt = n_all - tt < DQ_TILE ? n_all - tt : DQ_TILE;
+        const int sk = n_skip(nt, s->pos0 + tt, qpos, sh->window);
+        if (sk == nt) {
+            continue;
+        }
+        const int t0 = tt + sk;
+        const int n  = n_valid(nt - sk, s->pos0 + t0, qpos);
         if (n == 0) {
             break;
         }

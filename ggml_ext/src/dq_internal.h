@@ -74,6 +74,7 @@ typedef struct dq_attn_shape {
     int   grp;      // query heads per KV head
     int   hd;
     float scale;
+    int32_t window; // sliding window (0: none): keys at positions <= qpos - window are masked
 } dq_attn_shape;
 
 // Running softmax state of grp query heads: acc[grp][hd], m[grp], l[grp].

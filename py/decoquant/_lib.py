@@ -19,7 +19,7 @@ typedef struct dq_segment {
 typedef struct dq_attn_params {
     const dq_config * cfg_k; const dq_config * cfg_v; int32_t n_head; int32_t n_q;
     const float * q; const int32_t * q_pos; float scale; const dq_segment * segs; int32_t n_segs;
-    int32_t n_split; float * out; float * work;
+    int32_t n_split; float * out; float * work; int32_t window;
 } dq_attn_params;
 const char * dq_version(void);
 const char * dq_status_str(int status);
@@ -37,6 +37,45 @@ int dq_attn_bench(dq_attn_params * p, int n_threads, int iters, double * times);
 const char * dq_cpu_kernels(void);
 void dq_force_scalar(int on);
 uint16_t dq_fp32_to_fp16(float f);
+"""
+
+# the runtime (decoquant_model.h)
+CDEF += """
+typedef struct dq_model dq_model;
+typedef struct dq_context dq_context;
+typedef struct dq_kv_params { int32_t mode; dq_config cfg; int32_t chunk; int32_t sinks; } dq_kv_params;
+typedef struct dq_context_params {
+    int32_t n_ctx; int32_t n_batch; int32_t n_ubatch; int32_t n_threads; dq_kv_params k; dq_kv_params v;
+    int32_t attn_impl;
+} dq_context_params;
+typedef struct dq_model_info {
+    char arch[32];
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int32_t n_swa; uint64_t fingerprint;
+} dq_model_info;
+dq_context_params dq_context_default_params(void);
+dq_kv_params dq_kv_default_params(int32_t mode, int32_t bits);
+dq_model * dq_model_load(const char * path, char * err, size_t err_size);
+void dq_model_free(dq_model * m);
+int dq_model_get_info(const dq_model * m, dq_model_info * info);
+int32_t dq_model_n_vocab(const dq_model * m);
+const char * dq_model_supported_archs(void);
+dq_context * dq_context_new(dq_model * m, const dq_context_params * p, char * err, size_t err_size);
+void dq_context_free(dq_context * c);
+int dq_context_eval(dq_context * c, const int32_t * tokens, int32_t n, int logits_all, char * err, size_t err_size);
+const float * dq_context_logits(const dq_context * c);
+int32_t dq_context_n_outputs(const dq_context * c);
+int32_t dq_context_n_past(const dq_context * c);
+int32_t dq_context_n_ctx(const dq_context * c);
+int dq_context_truncate(dq_context * c, int32_t n, char * err, size_t err_size);
+void dq_context_reset(dq_context * c);
+size_t dq_context_kv_bytes(const dq_context * c);
+double dq_context_kv_bytes_per_token(const dq_context * c);
+size_t dq_context_state_size(const dq_context * c);
+int dq_context_state_save(const dq_context * c, void * dst, size_t size, size_t * written, char * err, size_t err_size);
+int dq_context_state_load(dq_context * c, const void * src, size_t size, char * err, size_t err_size);
+int dq_context_state_save_file(const dq_context * c, const char * path, char * err, size_t err_size);
+int dq_context_state_load_file(dq_context * c, const char * path, char * err, size_t err_size);
 """
 
 ffi = FFI()
