@@ -52,7 +52,7 @@ def compare(ref: np.ndarray, ours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return kld, ref.argmax(-1) == ours.argmax(-1)
 
 
-def run(model: str, n_chunks: int, ctx: int, n_threads: int, text: Path = TEXT) -> dict:
+def run(model: str, n_chunks: int, ctx: int, n_threads: int, text: Path = TEXT, attn: str = "dq") -> dict:
     from decoquant import Engine
 
     llama_cpp = import_llama_cpp()
@@ -64,7 +64,7 @@ def run(model: str, n_chunks: int, ctx: int, n_threads: int, text: Path = TEXT) 
     need = n_chunks * ctx
     if len(toks) < need:
         toks = (toks * (need // len(toks) + 1))[:need]
-    eng = Engine(path, n_ctx=ctx, n_batch=512, n_threads=n_threads, kv_cache="f16")
+    eng = Engine(path, n_ctx=ctx, n_batch=512, n_threads=n_threads, kv_cache="f16", attn=attn)
     klds, agree = [], []
     t_ref = t_ours = 0.0
     for c in range(n_chunks):
@@ -85,7 +85,7 @@ def run(model: str, n_chunks: int, ctx: int, n_threads: int, text: Path = TEXT) 
     a = np.concatenate(agree)
     del llm
     eng.close()
-    return {"model": model, "chunks": n_chunks, "ctx": ctx, "tokens": int(k.size), "mean_kld": float(k.mean()),
+    return {"model": model, "attn": attn, "chunks": n_chunks, "ctx": ctx, "tokens": int(k.size), "mean_kld": float(k.mean()),
             "max_kld": float(k.max()), "top1": float(a.mean()), "s_llama_cpp": round(t_ref, 2), "s_ours": round(t_ours, 2)}
 
 
@@ -95,16 +95,19 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--attn", nargs="+", default=["dq", "ggml"],
+                    help="our f16 attention: dq (dq_attn custom ops) and/or ggml (ggml_flash_attn_ext)")
     args = ap.parse_args()
     ok = True
     for m in args.models:
         if not (MODELS_DIR / f"{m}.gguf").exists():
             print(f"{m}: missing, skipped", file=sys.stderr)
             continue
-        r = run(m, args.chunks, args.ctx, args.threads)
-        r["pass"] = r["mean_kld"] <= 2e-4 and r["top1"] >= 0.99
-        ok &= r["pass"]
-        print(json.dumps(r), flush=True)
+        for attn in args.attn:
+            r = run(m, args.chunks, args.ctx, args.threads, attn=attn)
+            r["pass"] = r["mean_kld"] <= 2e-4 and r["top1"] >= 0.99
+            ok &= r["pass"]
+            print(json.dumps(r), flush=True)
     return 0 if ok else 1
 
 
