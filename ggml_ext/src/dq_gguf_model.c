@@ -289,6 +289,108 @@ static void compute_fingerprint(dq_model * m) {
     m->fingerprint = h;
 }
 
+// ---------------------------------------------------------------- repacked weights
+// llama.cpp (use_extra_bufts, its default) moves the matmul weights that the CPU backend can repack
+// (Q4_0, Q4_K, Q6_K, Q8_0, ... into interleaved rows for its GEMM kernels) into the CPU "extra"
+// buffer type. We do the same through the public registry API, so that prefill runs the same
+// kernels. The AMX buffer type is compiled out (cmake/llama_cpp_build.cmake), so only the repack
+// one can show up; DQ_NO_REPACK=1 keeps every weight in the mapping.
+
+static ggml_backend_buffer_type_t repack_buft(ggml_backend_dev_t * dev_out) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!dev) {
+        return NULL;
+    }
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    ggml_backend_dev_get_extra_bufts_t fn =
+        (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+    if (!fn) {
+        return NULL;
+    }
+    for (ggml_backend_buffer_type_t * b = fn(dev); b && *b; b++) {
+        const char * name = ggml_backend_buft_name(*b);
+        if (name && strstr(name, "REPACK")) {
+            *dev_out = dev;
+            return *b;
+        }
+    }
+    return NULL;
+}
+
+static int repack_supported(ggml_backend_dev_t dev, ggml_backend_buffer_type_t buft, const struct ggml_tensor * w) {
+    struct ggml_init_params ip = { ggml_tensor_overhead() * 8, NULL, true };
+    struct ggml_context * ctx = ggml_init(ip);
+    if (!ctx) {
+        return 0;
+    }
+    struct ggml_tensor * wd = ggml_dup_tensor(ctx, w);
+    struct ggml_tensor * b  = ggml_new_tensor_4d(ctx, GGML_TYPE_F32, w->ne[0], 512, w->ne[2], w->ne[3]);
+    struct ggml_tensor * op = ggml_mul_mat(ctx, wd, b);
+    wd->buffer = ggml_backend_buft_alloc_buffer(buft, 0);
+    const int ok = wd->buffer && ggml_backend_dev_supports_op(dev, op);
+    if (wd->buffer) {
+        ggml_backend_buffer_free(wd->buffer);
+    }
+    ggml_free(ctx);
+    return ok;
+}
+
+static void repack_weights(dq_model * m) {
+    const char * env = getenv("DQ_NO_REPACK");
+    if (env && env[0] && env[0] != '0') {
+        return;
+    }
+    ggml_backend_dev_t dev = NULL;
+    ggml_backend_buffer_type_t buft = repack_buft(&dev);
+    if (!buft) {
+        return;
+    }
+    const int per = 7, n = m->n_layer * per + 1;
+    struct ggml_tensor *** slots = calloc((size_t) n, sizeof *slots);
+    if (!slots) {
+        return;
+    }
+    int k = 0;
+    for (int il = 0; il < m->n_layer; il++) {
+        dq_layer * L = &m->layers[il];
+        struct ggml_tensor ** ws[7] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down };
+        for (int j = 0; j < per; j++) {
+            if (*ws[j] && repack_supported(dev, buft, *ws[j])) {
+                slots[k++] = ws[j];
+            }
+        }
+    }
+    if (repack_supported(dev, buft, m->output)) {
+        slots[k++] = &m->output; // a tied output gets its own repacked copy; get_rows keeps the mapping
+    }
+    if (k == 0) {
+        free(slots);
+        return;
+    }
+    struct ggml_init_params ip = { ggml_tensor_overhead() * (size_t) (k + 1), NULL, true };
+    m->ctx_repack = ggml_init(ip);
+    struct ggml_tensor ** dup = calloc((size_t) k, sizeof *dup);
+    if (!m->ctx_repack || !dup) {
+        free(slots);
+        free(dup);
+        return;
+    }
+    for (int i = 0; i < k; i++) {
+        dup[i] = ggml_dup_tensor(m->ctx_repack, *slots[i]);
+        ggml_set_name(dup[i], ggml_get_name(*slots[i]));
+    }
+    m->buf_repack = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_repack, buft);
+    if (m->buf_repack) {
+        for (int i = 0; i < k; i++) {
+            ggml_backend_tensor_set(dup[i], (*slots[i])->data, 0, ggml_nbytes(*slots[i]));
+            *slots[i] = dup[i];
+        }
+        m->n_repacked = k;
+    }
+    free(slots);
+    free(dup);
+}
+
 dq_model * dq_model_load(const char * path, char * err, size_t es) {
     if (err && es) {
         err[0] = 0;
@@ -398,6 +500,7 @@ dq_model * dq_model_load(const char * path, char * err, size_t es) {
         ggml_backend_tensor_alloc(m->buf, t, (uint8_t *) m->map + d0 + gguf_get_tensor_offset(m->gguf, id));
     }
     compute_fingerprint(m);
+    repack_weights(m);
     return m;
 
 fail:
@@ -409,6 +512,12 @@ fail:
 void dq_model_free(dq_model * m) {
     if (!m) {
         return;
+    }
+    if (m->buf_repack) {
+        ggml_backend_buffer_free(m->buf_repack);
+    }
+    if (m->ctx_repack) {
+        ggml_free(m->ctx_repack);
     }
     if (m->buf) {
         ggml_backend_buffer_free(m->buf);

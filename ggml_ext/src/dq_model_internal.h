@@ -43,6 +43,9 @@ struct dq_model {
     void                 * map;
     size_t                 map_size;
     ggml_backend_buffer_t  buf;
+    struct ggml_context  * ctx_repack; // matmul weights copied into the CPU repack buffer type
+    ggml_backend_buffer_t  buf_repack;
+    int                    n_repacked;
     uint64_t               fingerprint;
 };
 
