@@ -78,7 +78,7 @@ def base_blocks(opts: R.Options, nkv: int, hd: int, n: int = 16) -> torch.Tensor
 
 
 def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Options, base: torch.Tensor,
-            iters: int, variant: str) -> dict:
+            iters: int, variant: str, n_split: int = 0) -> dict:
     nb = ctx // opts.chunk
     size = base.shape[1]
     per_copy = 2 * batch * nb * size + 2 * batch * RES * nkv * hd * 2
@@ -94,7 +94,8 @@ def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Option
         table = [list(range((c * batch + s) * nb, (c * batch + s + 1) * nb)) for s in range(batch)]
         kr = [torch.randn((RES, nkv, hd), device="cuda", generator=g).half() for _ in range(batch)]
         vr = [torch.randn((RES, nkv, hd), device="cuda", generator=g).half() for _ in range(batch)]
-        calls.append(dqc.prepare_attention(q, kb, vb, table, opts, opts, k_res=kr, v_res=vr, variant=variant))
+        calls.append(dqc.prepare_attention(q, kb, vb, table, opts, opts, k_res=kr, v_res=vr, variant=variant,
+                                           n_split=n_split))
     torch.cuda.synchronize()
     t = events_median(lambda i: calls[i % copies](), iters)
     tb = b2b(lambda i: calls[i % copies](), max(copies, 16), reps=3)
@@ -156,6 +157,7 @@ def main() -> None:
     ap.add_argument("--plot")
     ap.add_argument("--only", help="SHAPE:CTX:BATCH, DQ kernel only (for ncu)")
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--splits", type=int, default=0, help="splits per (sequence, KV head); 0: the library's choice")
     ap.add_argument("--preset", default="paper", help="paper (token scales) or default (channel scales)")
     ap.add_argument("--variant", default="default", choices=list(dqc.VARIANTS))
     ap.add_argument("--chunk", type=int, default=CHUNK, help="tokens per block (a multiple of 128 for the fast path)")
@@ -172,7 +174,7 @@ def main() -> None:
         name, ctx, batch = args.only.split(":")
         n_head, nkv, hd = SHAPES[name]
         base = base_blocks(opts, nkv, hd)
-        r = dq_case(n_head, nkv, hd, int(ctx), int(batch), opts, base, args.iters, args.variant)
+        r = dq_case(n_head, nkv, hd, int(ctx), int(batch), opts, base, args.iters, args.variant, args.splits)
         print(json.dumps(r))
         return
     rows = []

@@ -249,7 +249,7 @@ def test_splits_repeat_and_big_batch(rng: np.random.Generator) -> None:
         assert torch.equal(first, second)
         outs.append(first.cpu().numpy()[:, 0])
     for o in outs[1:]:
-        assert _rel(o, outs[0]) <= 1e-5
+        assert _rel(o, outs[0]) <= 1e-4  # other splits: other softmax frames, other fp16 roundings of p
     qn = q.cpu().numpy()
     for s in range(0, 64, 7):
         ref = R.attention_dense(qn[s][None], b["kfull"][s], b["vfull"][s])[0]

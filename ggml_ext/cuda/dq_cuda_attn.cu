@@ -76,7 +76,7 @@ struct FastArgs {
     const uint16_t * const * kres;
     const uint16_t * const * vres;
     const int32_t * res_len;
-    int n_head, nkv, grp, ns, chunk, nsub;
+    int n_head, nkv, grp, ns, chunk, lsub; // 2^lsub units of 128 tokens per block
     Side k, v;
     float * out;
     float * ws_o;
@@ -116,6 +116,12 @@ __device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const void * p) {
 __device__ __forceinline__ uint32_t nib_lo(uint32_t w) { return w & 0x000f000fu; }
 __device__ __forceinline__ uint32_t nib_hi(uint32_t w) { return w & 0x00f000f0u; }
 
+__device__ __forceinline__ float fexp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ float2 h22f(uint32_t v) {
     return make_float2(h2f((uint16_t) (v & 0xffff)), h2f((uint16_t) (v >> 16)));
@@ -135,10 +141,10 @@ __device__ __forceinline__ void issue_unit(const FastArgs & a, uint8_t * dst, in
     if (u < u1) {
         if (u < nbu) {
             const Side & s = which ? a.v : a.k;
-            const int blk_i = u / a.nsub, sub = u - blk_i * a.nsub;
+            const int blk_i = u >> a.lsub, sub = u & ((1 << a.lsub) - 1);
             const uint8_t * blk = (const uint8_t *) (which ? a.vb : a.kb)[b0 + blk_i];
             const uint8_t * codes = blk + s.codes + ((int64_t) kvh * a.chunk + sub * SU) * (HD / 2) + lane * 16;
-#pragma unroll
+#pragma unroll 4
             for (int k = 0; k < 16; k++) {
                 cp16(dst + sw_off + k * 512, codes + k * 512, 16);
             }
@@ -153,7 +159,7 @@ __device__ __forceinline__ void issue_unit(const FastArgs & a, uint8_t * dst, in
             const int tok0 = (u - nbu) * RP;
             const int n = nres - tok0 < RP ? nres - tok0 : RP;
             const uint8_t * base = (const uint8_t *) (which ? a.vres : a.kres)[seq];
-#pragma unroll
+#pragma unroll 1
             for (int k = 0; k < 16; k++) {
                 const int ci = lane + 32 * k, l = ci >> 4, qq = ci & 15;
                 const bool valid = l < n;
@@ -178,6 +184,16 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z, grp = a.grp;
     const unsigned FULL = 0xffffffffu;
 
+    const int b0 = a.blk_start[seq], nbu = (a.blk_start[seq + 1] - b0) << a.lsub;
+    const int nres = a.res_len ? a.res_len[seq] : 0;
+    const int U = nbu + (nres + RP - 1) / RP;
+    const int u0 = U * split / a.ns, u1 = U * (split + 1) / a.ns;
+    // per-lane swizzled offsets: token T, 16-byte piece s at T*64 + ((s ^ ((T >> 1) & 3)) << 4)
+    const int sw_issue = (lane >> 2) * 64 + (((lane & 3) ^ ((lane >> 3) & 3)) << 4);
+    int u = u0 + warp;
+    issue_unit(a, ws.slot[0], u, u1, 0, seq, kvh, b0, nbu, nres, lane, sw_issue);
+    issue_unit(a, ws.slot[1], u, u1, 1, seq, kvh, b0, nbu, nres, lane, sw_issue);
+
     for (int i = threadIdx.x; i < NH * HD; i += FW * 32) {
         const int h = i / HD, c = i % HD;
         q_s[i] = h < grp ? a.q[((int64_t) seq * a.n_head + kvh * grp + h) * HD + c] * a.cscale : 0.0f;
@@ -200,13 +216,6 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
     }
     __syncthreads();
 
-    const int b0 = a.blk_start[seq], nbu = (a.blk_start[seq + 1] - b0) * a.nsub;
-    const int nres = a.res_len ? a.res_len[seq] : 0;
-    const int U = nbu + (nres + RP - 1) / RP;
-    const int u0 = (int) ((int64_t) U * split / a.ns), u1 = (int) ((int64_t) U * (split + 1) / a.ns);
-
-    // per-lane swizzled offsets: token T, 16-byte piece s at T*64 + ((s ^ ((T >> 1) & 3)) << 4)
-    const int sw_issue = (lane >> 2) * 64 + (((lane & 3) ^ ((lane >> 3) & 3)) << 4);
     const int k_off = g * 64 + ((t ^ ((g >> 1) & 3)) << 4);                         // + nt * 512
     const int lr = lane & 7, mi = lane >> 3;
     const int vT = 8 * (mi & 1) + lr, vsw = (lr >> 1) & 3;
@@ -224,12 +233,9 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
         }
     }
 
-    int u = u0 + warp;
-    issue_unit(a, ws.slot[0], u, u1, 0, seq, kvh, b0, nbu, nres, lane, sw_issue);
-    issue_unit(a, ws.slot[1], u, u1, 1, seq, kvh, b0, nbu, nres, lane, sw_issue);
     for (; u < u1; u += FW) {
         const int un = u + FW;
-        cp_wait<1>();
+        cp_wait<0>();
         __syncwarp();
         const uint8_t * sk = ws.slot[0];
         const uint8_t * sv = ws.slot[1];
@@ -326,8 +332,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
             }
             const float fk = ws.hv[HF][g < NH ? g : 0];
             const float q2k = ws.hv[HQC][g < NH ? g : 0];
-            // sum of q^ (as the MMA sees it): the scores of an all-ones token
-            float q1;
+            float q1; // sum of q^ as the MMA sees it: the scores of an all-ones token
             {
                 float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -337,81 +342,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                 q1 = (d[0] + d[2]) * fk;
             }
             const float qc = q2k - a.k.zp * q1;
-            // ------------------------------------------------ scores S[head g][token 8 nt + 2t + {0,1}]
-            float p[16][2];
-            const uint8_t * kbase = sk + k_off;
-            const uint32_t * kpar = (const uint32_t *) (sk + SLOT_P);
-#pragma unroll
-            for (int n4 = 0; n4 < 16; n4 += 4) {
-                uint4 X[4];
-                float d[4][4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    X[i] = *(const uint4 *) (kbase + (n4 + i) * 512);
-                    d[i][0] = d[i][1] = d[i][2] = d[i][3] = 0.0f;
-                }
-#pragma unroll
-                for (int kk = 0; kk < 8; kk++) {
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const uint32_t w = word4(X[i], kk >> 1);
-                        const uint32_t s = (kk & 1) ? (w >> 8) : w;
-                        mma16816(d[i], ah[2 * kk], al[2 * kk], ah[2 * kk + 1], al[2 * kk + 1], nib_lo(s), nib_hi(s));
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int nt = n4 + i;
-                    const float s0 = d[i][0] + d[i][2], s1 = d[i][1] + d[i][3];
-                    if (KCH) {
-                        p[nt][0] = fmaf(s0, fk, qc);
-                        p[nt][1] = fmaf(s1, fk, qc);
-                    } else {
-                        const float2 ks = h22f(kpar[4 * nt + t]);
-                        float kl0 = 0.0f, kl1 = 0.0f;
-                        if (a.k.asym) {
-                            const float2 kl = h22f(kpar[64 + 4 * nt + t]);
-                            kl0 = kl.x;
-                            kl1 = kl.y;
-                        }
-                        p[nt][0] = ks.x * fmaf(s0, fk, -a.k.zp * q1) + kl0 * q1;
-                        p[nt][1] = ks.y * fmaf(s1, fk, -a.k.zp * q1) + kl1 * q1;
-                    }
-                }
-            }
-            // ------------------------------------------------ online softmax (head g)
-            float mc = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < 16; nt++) {
-                mc = fmaxf(mc, fmaxf(p[nt][0], p[nt][1]));
-            }
-            mc = fmaxf(mc, __shfl_xor_sync(FULL, mc, 1));
-            mc = fmaxf(mc, __shfl_xor_sync(FULL, mc, 2));
-            const float mnew = hvalid ? fmaxf(m_run, mc) : 0.0f;
-            const float corr = (hvalid && m_run != -INFINITY) ? exp2f(m_run - mnew) : (hvalid ? 0.0f : 1.0f);
-            m_run = hvalid ? mnew : m_run;
-            float ls = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < 16; nt++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float x = hvalid ? exp2f(p[nt][e] - mnew) : 0.0f;
-                    p[nt][e] = x;
-                    ls += x;
-                }
-            }
-            l_run = l_run * corr + ls;
-            if (t == 0 && g < NH) {
-                ws.hv[HC][g] = corr;
-            }
-            __syncwarp();
-            issue_unit(a, ws.slot[0], un, u1, 0, seq, kvh, b0, nbu, nres, lane, sw_issue);
-
-            // ------------------------------------------------ V: weights as the B operand
-            cp_wait<1>();
-            __syncwarp();
             float nu = 1.0f;
-            const uint32_t * vpar = (const uint32_t *) (sv + SLOT_P);
             if (!VCH) { // power-of-two normalizer of V's token scales: p * s * nu in [0, 2)
                 const uint2 raw = *(const uint2 *) (sv + SLOT_P + lane * 8);
                 const float2 s01 = h22f(raw.x), s23 = h22f(raw.y);
@@ -422,23 +353,143 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                 }
                 nu = mx > 0.0f ? pow2i(-ilog2f(mx)) : 1.0f;
             }
-            uint32_t pb[16];
-            float sp = 0.0f, splo = 0.0f;
+            const float inu = 1.0f / nu; // a power of two: exact
+
+            // ------------------------------------------------ 4 groups of 32 tokens: scores, softmax, V
+            const float m_unit = m_run;    // the frame of `out`
+            float acc[8][4];
 #pragma unroll
-            for (int nt = 0; nt < 16; nt++) {
-                float w0 = p[nt][0], w1 = p[nt][1];
-                if (!VCH) {
-                    const float2 vs = h22f(vpar[4 * nt + t]);
-                    if (a.v.asym) {
-                        const float2 vl = h22f(vpar[64 + 4 * nt + t]);
-                        splo = fmaf(w0, vl.x, fmaf(w1, vl.y, splo));
+            for (int mt = 0; mt < 8; mt++) {
+                acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+            }
+            float sp = 0.0f, splo = 0.0f;
+            const uint8_t * kbase = sk + k_off;
+            const uint32_t * kpar = (const uint32_t *) (sk + SLOT_P);
+            const uint32_t * vpar = (const uint32_t *) (sv + SLOT_P);
+            uint4 Xn[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                Xn[i] = *(const uint4 *) (kbase + i * 512);
+            }
+#pragma unroll 1
+            for (int gi = 0; gi < 4; gi++) {
+                uint4 X[4];
+                float d[2][4][4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    X[i] = Xn[i];
+#pragma unroll
+                    for (int z = 0; z < 2; z++) {
+                        d[z][i][0] = d[z][i][1] = d[z][i][2] = d[z][i][3] = 0.0f;
                     }
-                    w0 *= vs.x * nu;
-                    w1 *= vs.y * nu;
                 }
-                pb[nt] = pack2f(w0, w1);
-                const float2 r = h22f(pb[nt]);
-                sp += r.x + r.y;
+                if (gi < 3) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        Xn[i] = *(const uint4 *) (kbase + (4 * gi + 4 + i) * 512);
+                    }
+                }
+                uint32_t Rn[2][4];
+                ldsm4t(Rn[0], sv + v_off0 + gi * 2048);
+                ldsm4t(Rn[1], sv + v_off1 + gi * 2048);
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const uint32_t w = word4(X[i], kk >> 1);
+                        const uint32_t s = (kk & 1) ? (w >> 8) : w;
+                        mma16816(d[kk & 1][i], ah[2 * kk], al[2 * kk], ah[2 * kk + 1], al[2 * kk + 1], nib_lo(s),
+                                 nib_hi(s));
+                    }
+                }
+                float p[4][2];
+                float mc = -INFINITY;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int nt = 4 * gi + i;
+                    const float s0 = d[0][i][0] + d[0][i][2] + d[1][i][0] + d[1][i][2];
+                    const float s1 = d[0][i][1] + d[0][i][3] + d[1][i][1] + d[1][i][3];
+                    if (KCH) {
+                        p[i][0] = fmaf(s0, fk, qc);
+                        p[i][1] = fmaf(s1, fk, qc);
+                    } else {
+                        const float2 ks = h22f(kpar[4 * nt + t]);
+                        float kl0 = 0.0f, kl1 = 0.0f;
+                        if (a.k.asym) {
+                            const float2 kl = h22f(kpar[64 + 4 * nt + t]);
+                            kl0 = kl.x;
+                            kl1 = kl.y;
+                        }
+                        p[i][0] = ks.x * fmaf(s0, fk, -a.k.zp * q1) + kl0 * q1;
+                        p[i][1] = ks.y * fmaf(s1, fk, -a.k.zp * q1) + kl1 * q1;
+                    }
+                    mc = fmaxf(mc, fmaxf(p[i][0], p[i][1]));
+                }
+                mc = fmaxf(mc, __shfl_xor_sync(FULL, mc, 1));
+                mc = fmaxf(mc, __shfl_xor_sync(FULL, mc, 2));
+                const float mnew = hvalid ? fmaxf(m_run, mc) : 0.0f;
+                const float c = (hvalid && m_run != -INFINITY) ? fexp2(m_run - mnew) : (hvalid ? 0.0f : 1.0f);
+                m_run = hvalid ? mnew : m_run;
+                float ls = 0.0f, spg = 0.0f, splg = 0.0f;
+                uint32_t pb[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int nt = 4 * gi + i;
+                    float w0 = hvalid ? fexp2(p[i][0] - mnew) : 0.0f;
+                    float w1 = hvalid ? fexp2(p[i][1] - mnew) : 0.0f;
+                    ls += w0 + w1;
+                    if (!VCH) {
+                        const float2 vs = h22f(vpar[4 * nt + t]);
+                        if (a.v.asym) {
+                            const float2 vl = h22f(vpar[64 + 4 * nt + t]);
+                            splg = fmaf(w0, vl.x, fmaf(w1, vl.y, splg));
+                        }
+                        w0 *= vs.x * nu;
+                        w1 *= vs.y * nu;
+                    }
+                    pb[i] = pack2f(w0, w1);
+                    const float2 r = h22f(pb[i]);
+                    spg += r.x + r.y;
+                }
+                l_run = l_run * c + ls;
+                sp = sp * c + spg;
+                splo = splo * c + splg;
+                if (__any_sync(FULL, c != 1.0f)) { // rescale the A-space sums of heads 2t, 2t+1
+                    const float c0 = __shfl_sync(FULL, c, 8 * t), c1 = __shfl_sync(FULL, c, 8 * t + 4);
+#pragma unroll
+                    for (int mt = 0; mt < 8; mt++) {
+                        acc[mt][0] *= c0;
+                        acc[mt][1] *= c1;
+                        acc[mt][2] *= c0;
+                        acc[mt][3] *= c1;
+                    }
+                }
+#pragma unroll
+                for (int k2 = 0; k2 < 2; k2++) {
+                    uint32_t R[2][4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        R[0][i] = Rn[0][i];
+                        R[1][i] = Rn[1][i];
+                    }
+                    if (k2 == 0) {
+                        ldsm4t(Rn[0], sv + v_off0 + gi * 2048 + 1024);
+                        ldsm4t(Rn[1], sv + v_off1 + gi * 2048 + 1024);
+                    }
+#pragma unroll
+                    for (int hs = 0; hs < 2; hs++) {
+#pragma unroll
+                        for (int b = 0; b < 2; b++) {
+#pragma unroll
+                            for (int sub = 0; sub < 2; sub++) {
+                                const uint32_t x0 = sub ? (R[hs][2 * b] >> 8) : R[hs][2 * b];
+                                const uint32_t x1 = sub ? (R[hs][2 * b + 1] >> 8) : R[hs][2 * b + 1];
+                                mma16816(acc[4 * hs + 2 * b + sub], nib_lo(x0), nib_hi(x0), nib_lo(x1), nib_hi(x1),
+                                         pb[2 * k2], pb[2 * k2 + 1]);
+                            }
+                        }
+                    }
+                }
             }
             sp += __shfl_xor_sync(FULL, sp, 1);
             sp += __shfl_xor_sync(FULL, sp, 2);
@@ -449,30 +500,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
             if (t == 0 && g < NH) {
                 ws.hv[HSP][g] = sp;
                 ws.hv[HSPLO][g] = splo;
-            }
-            float acc[8][4];
-#pragma unroll
-            for (int mt = 0; mt < 8; mt++) {
-                acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
-            }
-#pragma unroll
-            for (int kt = 0; kt < 8; kt++) {
-                uint32_t R[2][4];
-                ldsm4t(R[0], sv + v_off0 + kt * 1024);
-                ldsm4t(R[1], sv + v_off1 + kt * 1024);
-#pragma unroll
-                for (int hs = 0; hs < 2; hs++) {
-#pragma unroll
-                    for (int b = 0; b < 2; b++) {
-#pragma unroll
-                        for (int sub = 0; sub < 2; sub++) {
-                            const uint32_t x0 = sub ? (R[hs][2 * b] >> 8) : R[hs][2 * b];
-                            const uint32_t x1 = sub ? (R[hs][2 * b + 1] >> 8) : R[hs][2 * b + 1];
-                            mma16816(acc[4 * hs + 2 * b + sub], nib_lo(x0), nib_hi(x0), nib_lo(x1), nib_hi(x1),
-                                     pb[2 * kt], pb[2 * kt + 1]);
-                        }
-                    }
-                }
+                ws.hv[HC][g] = (hvalid && m_unit != -INFINITY) ? fexp2(m_unit - m_run) : (hvalid ? 0.0f : 1.0f);
             }
             __syncwarp();
             // ------------------------------------------------ A-space -> out, B_v on the tensor cores
@@ -499,8 +527,8 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                                 x0 = vs.x * (x0 - a.v.zp * spv) + vl.x * spv;
                                 x1 = vs.y * (x1 - a.v.zp * spv) + vl.y * spv;
                             } else {
-                                x0 = (x0 - a.v.zp * spv) / nu + lov;
-                                x1 = (x1 - a.v.zp * spv) / nu + lov;
+                                x0 = (x0 - a.v.zp * spv) * inu + lov;
+                                x1 = (x1 - a.v.zp * spv) * inu + lov;
                             }
                             const __half2 hi = __floats2half2_rn(x0, x1);
                             const float2 hf = __half22float2(hi);
@@ -534,8 +562,6 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                     }
                 }
             }
-            __syncwarp();
-            issue_unit(a, ws.slot[1], un, u1, 1, seq, kvh, b0, nbu, nres, lane, sw_issue);
         } else {
             // ------------------------------------------------ 32 tokens of the FP16 span
             const int tok0 = (u - nbu) * RP;
@@ -545,7 +571,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
             for (int h = 0; h < NH; h++) {
                 s[h] = 0.0f;
             }
-#pragma unroll 4
+#pragma unroll 1
             for (int k = 0; k < 16; k++) {
                 const uint4 raw = *(const uint4 *) (sk + lane * RS + 16 * k);
                 float kf[8];
@@ -582,7 +608,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                 }
                 const float mo = __shfl_sync(FULL, m_run, 4 * h);
                 const float m2 = fmaxf(mo, mx);
-                const float pv = x == -INFINITY ? 0.0f : exp2f(x - m2);
+                const float pv = x == -INFINITY ? 0.0f : fexp2(x - m2);
                 float sm = pv;
 #pragma unroll
                 for (int o = 1; o < 32; o <<= 1) {
@@ -600,16 +626,13 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                 sg = g == h ? lsum[h] : sg;
             }
             if (hvalid) {
-                const float corr = m_run == -INFINITY ? 0.0f : exp2f(m_run - mg);
+                const float corr = m_run == -INFINITY ? 0.0f : fexp2(m_run - mg);
                 m_run = mg;
                 l_run = l_run * corr + (t == 0 ? sg : 0.0f);
                 if (t == 0) {
                     ws.hv[HC][g] = corr;
                 }
             }
-            __syncwarp();
-            issue_unit(a, ws.slot[0], un, u1, 0, seq, kvh, b0, nbu, nres, lane, sw_issue);
-            cp_wait<1>();
             __syncwarp();
 #pragma unroll
             for (int mt = 0; mt < MT2; mt++) {
@@ -623,6 +646,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                     out[mt][nt][3] *= c1;
                 }
             }
+#pragma unroll 1
             for (int l = 0; l < n; l++) {
                 const uint8_t * row = sv + l * RS + 2 * (16 * g + 2 * t);
                 const float2 v0 = h22f(*(const uint32_t *) row), v1 = h22f(*(const uint32_t *) (row + 16));
@@ -639,9 +663,10 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                     out[mt][1][3] = fmaf(p1, v1.y, out[mt][1][3]);
                 }
             }
-            __syncwarp();
-            issue_unit(a, ws.slot[1], un, u1, 1, seq, kvh, b0, nbu, nres, lane, sw_issue);
         }
+        __syncwarp();
+        issue_unit(a, ws.slot[0], un, u1, 0, seq, kvh, b0, nbu, nres, lane, sw_issue);
+        issue_unit(a, ws.slot[1], un, u1, 1, seq, kvh, b0, nbu, nres, lane, sw_issue);
     }
     cp_wait<0>();
     __syncwarp();
@@ -682,7 +707,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
             for (int w = 0; w < FW; w++) {
                 const float mw = all[w].hv[HM][h];
                 if (mw != -INFINITY) {
-                    const float f = exp2f(mw - M);
+                    const float f = fexp2(mw - M);
                     o = fmaf(f, reinterpret_cast<const float *>(all[w].slot[0])[h * HD + c], o);
                     L = fmaf(f, all[w].hv[HL][h], L);
                 }
@@ -704,34 +729,50 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
         return;
     }
     __threadfence();
-    float * wgt = reinterpret_cast<float *>(all[0].slot[1]);
+    // the last CTA merges the splits: all (max, sum) pairs at once into shared memory, then
+    // each thread four channels of a head with 16-byte loads
+    float * mlm = reinterpret_cast<float *>(all[0].slot[1]);   // [ns][NH] max, then sums, weights
+    float * mll = mlm + MAX_SPLIT * NH;
+    float * wgt = mll + MAX_SPLIT * NH;
     float * ltot = wgt + MAX_SPLIT * NH;
     const float2 * mlb = a.ws_ml + row * a.ns * NH;
+    for (int i = threadIdx.x; i < a.ns * NH; i += FW * 32) {
+        const float2 ml = __ldcg(&mlb[i]);
+        mlm[i] = ml.x;
+        mll[i] = ml.y;
+    }
+    __syncthreads();
     for (int h = threadIdx.x; h < grp; h += FW * 32) {
         float M = -INFINITY;
         for (int s = 0; s < a.ns; s++) {
-            M = fmaxf(M, __ldcg(&mlb[s * NH + h]).x);
+            M = fmaxf(M, mlm[s * NH + h]);
         }
         float L = 0.0f;
         for (int s = 0; s < a.ns; s++) {
-            const float2 ml = __ldcg(&mlb[s * NH + h]);
-            const float f = ml.x == -INFINITY ? 0.0f : exp2f(ml.x - M);
+            const float m = mlm[s * NH + h];
+            const float f = m == -INFINITY ? 0.0f : fexp2(m - M);
             wgt[s * NH + h] = f;
-            L = fmaf(f, ml.y, L);
+            L = fmaf(f, mll[s * NH + h], L);
         }
         ltot[h] = L;
     }
     __syncthreads();
-    const float * ob = a.ws_o + row * a.ns * NH * HD;
-    for (int i = threadIdx.x; i < grp * HD; i += FW * 32) {
-        const int h = i / HD, c = i % HD;
-        float o = 0.0f;
-#pragma unroll 8
+    const float4 * ob = reinterpret_cast<const float4 *>(a.ws_o + row * a.ns * NH * HD);
+    for (int i = threadIdx.x; i < grp * (HD / 4); i += FW * 32) {
+        const int h = i / (HD / 4), c4 = i % (HD / 4);
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
         for (int s = 0; s < a.ns; s++) {
-            o = fmaf(wgt[s * NH + h], __ldcg(ob + ((int64_t) s * NH + h) * HD + c), o);
+            const float w = wgt[s * NH + h];
+            const float4 v = __ldcg(ob + ((int64_t) s * NH + h) * (HD / 4) + c4);
+            o.x = fmaf(w, v.x, o.x);
+            o.y = fmaf(w, v.y, o.y);
+            o.z = fmaf(w, v.z, o.z);
+            o.w = fmaf(w, v.w, o.w);
         }
-        const float L = ltot[h];
-        a.out[((int64_t) seq * a.n_head + kvh * grp + h) * HD + c] = L > 0.0f ? o / L : 0.0f;
+        const float L = ltot[h], inv = L > 0.0f ? 1.0f / L : 0.0f;
+        reinterpret_cast<float4 *>(a.out + ((int64_t) seq * a.n_head + kvh * grp + h) * HD)[c4] =
+            make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
     }
     if (threadIdx.x == 0) {
         a.cnt[row] = 0;
@@ -1025,8 +1066,9 @@ int check(const dq_cuda_attn_params * p) {
 
 bool fast_ok(const dq_cuda_attn_params * p) {
     const int grp = p->n_head / p->cfg_k->n_kv_heads;
-    return p->n_q == 1 && !p->q_pos && p->chunk % SU == 0 && grp <= 8 && p->variant != 1 && side_fast(p->cfg_k) &&
-           side_fast(p->cfg_v);
+    const int units = p->chunk / SU;
+    return p->n_q == 1 && !p->q_pos && p->chunk % SU == 0 && (units & (units - 1)) == 0 && grp <= 8 &&
+           p->variant != 1 && side_fast(p->cfg_k) && side_fast(p->cfg_v);
 }
 
 int choose_path(const dq_cuda_attn_params * p) {
@@ -1088,7 +1130,7 @@ int choose_splits(int64_t rows, int units, int slots, int warps) {
         const double waves = (double) ((rows * ns + slots - 1) / slots);
         const int per_cta = (units + ns - 1) / ns;
         const double per_warp = (double) ((per_cta + warps - 1) / warps);
-        const double cost = waves * per_warp + 0.01 * ns;
+        const double cost = waves * (per_warp + 2.0) + 0.01 * ns; // + start-up and merge of each CTA
         if (cost < best_cost - 1e-9) {
             best_cost = cost;
             best = ns;
@@ -1272,7 +1314,10 @@ extern "C" int dq_cuda_attn(const dq_cuda_attn_params * p, dq_cuda_stream stream
         fa.grp = pl.grp;
         fa.ns = pl.ns;
         fa.chunk = p->chunk;
-        fa.nsub = pl.nsub;
+        fa.lsub = 0;
+        while ((1 << fa.lsub) < pl.nsub) {
+            fa.lsub++;
+        }
         fa.k = fast_side(p->cfg_k, p->chunk);
         fa.v = fast_side(p->cfg_v, p->chunk);
         fa.out = p->out;

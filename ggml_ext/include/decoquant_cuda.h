@@ -71,13 +71,16 @@ typedef struct dq_cuda_attn_params {
     int32_t max_res;
     int32_t n_split;                    // splits per (sequence, KV head); 0: chosen for the GPU
     int32_t path;                       // 0: fastest that applies, 1: fast (tensor cores), 2: generic
-    int32_t variant;                    // fast path's code unpacking: 0 default, 1 magic-number, 2 subnormal
+    int32_t variant;                    // 0 (or 2): codes as fp16 subnormals, the fast path's only unpacking; 1: reserved
     float * out;                        // device [n_seq][n_q][n_head][head_dim]
     void * work;                        // device, dq_cuda_attn_work_size bytes, zeroed once (dq_cuda_attn_work_init)
 } dq_cuda_attn_params;
 
-// The fast path: n_q == 1, no mask, 4-bit K and V, head_dim 128, chunk 128, token scales with
-// one group (scope layer) or channel scales, up to 8 query heads per KV head.
+// The fast path (tensor cores): n_q == 1, no mask, 4-bit K and V, head_dim 128, chunk 128 * 2^k,
+// token scales with one group (scope layer) or channel scales, up to 8 query heads per KV head.
+// Everything else (and path = 2) runs the generic fp32 kernel: any bits, scales, scope, head_dim,
+// chunk and GQA whose shared memory (about 16*grp*head_dim + 256*head_dim bytes) fits in 200 KB,
+// and causal prefill (q_pos).
 DQ_API int    dq_cuda_attn_path(const dq_cuda_attn_params * p);   // 1 fast, 2 generic, < 0: -status
 DQ_API int    dq_cuda_attn_splits(const dq_cuda_attn_params * p);
 DQ_API size_t dq_cuda_attn_work_size(const dq_cuda_attn_params * p);
