@@ -3,5 +3,5 @@
 from .core import Compressed, attention, compress, kernels
 from .engine import Engine, EngineError
 
-__all__ = ["Compressed", "attention", "compress", "kernels"]
+__all__ = ["Compressed", "Engine", "EngineError", "attention", "compress", "kernels"]
 __version__ = "0.1.0"
