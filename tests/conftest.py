@@ -4,6 +4,18 @@ import numpy as np
 import pytest
 
 
+# option sets the C/CUDA-vs-reference tests run over (preset + overrides)
+CONFIGS = [
+    dict(preset="paper"),
+    dict(preset="default"),
+    dict(scale="row"),
+    dict(scale="token", asym=True),
+    dict(scale="channel", asym=False, scope="head"),
+    dict(scope="head", gauge=1.0),
+    dict(gauge=0.0, asym=True, scale="row", scope="head"),
+]
+
+
 def kv_like(rng: np.random.Generator, t: int, h: int, hd: int, outliers: bool = True) -> np.ndarray:
     """K-like data: correlated channels, a few large outlier channels, a slow drift over tokens."""
     base = rng.standard_normal((t, h * hd)).astype(np.float32)

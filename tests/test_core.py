@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import kv_like
+from conftest import CONFIGS, kv_like
 
 import decoquant
 from decoquant import reference as R
 from decoquant._lib import ffi, lib
 
-CONFIGS = [
-    dict(preset="paper"),
-    dict(preset="default"),
-    dict(scale="row"),
-    dict(scale="token", asym=True),
-    dict(scale="channel", asym=False, scope="head"),
-    dict(scope="head", gauge=1.0),
-    dict(gauge=0.0, asym=True, scale="row", scope="head"),
-]
 
 
 @pytest.mark.parametrize("gauge", [0.0, 0.5, 1.0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import kv_like
+from conftest import CONFIGS, kv_like
 from decoquant import cuda as dqc
 from decoquant import reference as R
 
@@ -23,15 +23,7 @@ if OK:
     from decoquant import core
     from decoquant._lib import ffi, lib
 
-DEC_CONFIGS = [
-    dict(preset="paper"),
-    dict(preset="default"),
-    dict(scale="row"),
-    dict(scale="token", asym=True),
-    dict(scale="channel", asym=False, scope="head"),
-    dict(scope="head", gauge=1.0),
-    dict(gauge=0.0, asym=True, scale="row", scope="head"),
-]
+DEC_CONFIGS = CONFIGS  # the option sets the CPU tests use
 
 
 def _opts(bits: int, cfg: dict, chunk: int = 128) -> R.Options:

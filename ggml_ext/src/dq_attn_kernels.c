@@ -178,6 +178,20 @@ static inline int n_skip(int n, int32_t p0, int32_t qpos, int32_t window) {
     return v <= 0 ? 0 : v < n ? (int) v : n;
 }
 
+// The visible part [*t0, *t0 + *n) of the tile at token tt of a segment (first position pos0,
+// n_all tokens) for a query at qpos: 1 to attend it, 0 to skip it (all before the window),
+// -1 to stop (all after the query).
+static inline int tile_span(int n_all, int tt, int32_t pos0, int32_t qpos, int32_t window, int * t0, int * n) {
+    const int nt = n_all - tt < DQ_TILE ? n_all - tt : DQ_TILE;
+    const int sk = n_skip(nt, pos0 + tt, qpos, window);
+    if (sk == nt) {
+        return 0;
+    }
+    *t0 = tt + sk;
+    *n  = n_valid(nt - sk, pos0 + *t0, qpos);
+    return *n == 0 ? -1 : 1;
+}
+
 // The shared core: rows kb[n][hd] and vb[n][hd] (FP16 rows, or dequantized A rows) against
 // qg[grp][hd]. The online softmax rescales out[grp][hd]; weighted values go to vacc[grp][hd]
 // (out itself for FP16, an A-space sum for blocks).
@@ -370,15 +384,13 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_f16_impl)(
     const uint16_t * k = s->k;
     const uint16_t * v = s->v;
     for (int tt = 0; tt < s->n_tokens; tt += DQ_TILE) {
-        const int nt = s->n_tokens - tt < DQ_TILE ? s->n_tokens - tt : DQ_TILE;
-        const int sk = n_skip(nt, s->pos0 + tt, qpos, sh->window);
-        if (sk == nt) {
-            continue;
-        }
-        const int t0 = tt + sk;
-        const int n  = n_valid(nt - sk, s->pos0 + t0, qpos);
-        if (n == 0) {
+        int t0, n;
+        const int go = tile_span(s->n_tokens, tt, s->pos0, qpos, sh->window, &t0, &n);
+        if (go < 0) {
             break;
+        }
+        if (go == 0) {
+            continue;
         }
         for (int t = 0; t < n; t++) {
             DQ_FN(f16_row)(k + ((int64_t) (t0 + t) * nkv + kvh) * hd, kb + t * hd, hd);
@@ -533,15 +545,13 @@ static inline __attribute__((always_inline)) void DQ_FN(seg_block_impl)(
     DQ_FN(f16_row)(hv.b, bf, 256); // from here on bf is V's B
 
     for (int tt = 0; tt < n_all; tt += DQ_TILE) {
-        const int nt = n_all - tt < DQ_TILE ? n_all - tt : DQ_TILE;
-        const int sk = n_skip(nt, s->pos0 + tt, qpos, sh->window);
-        if (sk == nt) {
-            continue;
-        }
-        const int t0 = tt + sk;
-        const int n  = n_valid(nt - sk, s->pos0 + t0, qpos);
-        if (n == 0) {
+        int t0, n;
+        const int go = tile_span(n_all, tt, s->pos0, qpos, sh->window, &t0, &n);
+        if (go < 0) {
             break;
+        }
+        if (go == 0) {
+            continue;
         }
 #if defined(__AVX512VNNI__)
         if (use_int) {
