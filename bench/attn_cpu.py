@@ -14,9 +14,8 @@ import json
 import platform
 import statistics
 
-import numpy as np
-
 import decoquant
+import numpy as np
 from decoquant._lib import ffi, lib
 
 SHAPES = {"smollm2-135m": (9, 3, 64), "qwen2.5-1.5b": (12, 2, 128)}

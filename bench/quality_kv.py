@@ -15,9 +15,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 import decoquant
+import numpy as np
 from decoquant import reference as R
 
 Quant = Callable[[np.ndarray, int], tuple[np.ndarray, float]]  # x, bits -> (x_hat, bits/value)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-
 # option sets the C/CUDA-vs-reference tests run over (preset + overrides)
 CONFIGS = [
     dict(preset="paper"),

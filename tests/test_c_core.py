@@ -6,9 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import decoquant
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

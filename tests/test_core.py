@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import decoquant
 import numpy as np
 import pytest
 from conftest import CONFIGS, kv_like
-
-import decoquant
 from decoquant import reference as R
 from decoquant._lib import ffi, lib
-
 
 
 @pytest.mark.parametrize("gauge", [0.0, 0.5, 1.0])

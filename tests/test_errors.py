@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import decoquant
 import numpy as np
 import pytest
-
-import decoquant
 
 X = np.ones((8, 2, 32), np.float32)
 

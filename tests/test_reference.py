@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import kv_like
-
 from decoquant import reference as R
 
 

@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("gguf")
 
 import _tiny_models as tm  # noqa: E402
-
 from decoquant import Engine, EngineError  # noqa: E402
 from decoquant._lib import ffi, lib  # noqa: E402
 
