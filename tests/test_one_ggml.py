@@ -15,9 +15,9 @@ from pathlib import Path
 
 import decoquant
 import pytest
+from decoquant._llama import LIB_DIR as LIB
 
 PKG = Path(decoquant.__file__).resolve().parent
-LIB = PKG / "lib"
 PINNED_COMMIT = "0c1e570"  # llama.cpp vendored by llama-cpp-python 0.3.36
 GGML_VERSION = "0.25.3"
 

@@ -55,7 +55,7 @@ def test_f16_matches_numpy(models, arch, attn):
     np.testing.assert_allclose(last, out[-1], rtol=0, atol=1e-5 * np.abs(out).max())
 
 
-@pytest.mark.parametrize("kv", [dict(kv_cache="f16"), DQ8])
+@pytest.mark.parametrize("kv", [dict(kv_cache="f16", attn="dq"), dict(kv_cache="f16", attn="ggml"), DQ8])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_decode_one_by_one_equals_prefill(models, arch, kv):
     path, _ = models[arch]
@@ -66,8 +66,8 @@ def test_decode_one_by_one_equals_prefill(models, arch, kv):
         part = [e.eval(t[:25], logits_all=True)] + [e.eval(t[i:i + 1], logits_all=True) for i in range(25, T)]
         assert e.n_past == T
     part = np.concatenate(part)
-    if kv["kv_cache"] == "f16":
-        assert rel(part, full) < 5e-4
+    if kv["kv_cache"] == "f16":  # ggml's flash attention rounds Q and the scores to fp16
+        assert rel(part, full) < (5e-4 if kv["attn"] == "dq" else 2e-3)
     else:  # in a prefill, queries see their own chunk already compressed; one by one, still fp16
         assert rel(part[:18], full[:18]) < 5e-4  # before the first chunk fills
         assert tm.kld(full, part).mean() < 2e-3
@@ -77,7 +77,7 @@ def test_decode_one_by_one_equals_prefill(models, arch, kv):
 def test_decoquant_close_to_f16(models, arch):
     path, _ = models[arch]
     t = toks(arch)
-    with Engine(path, n_ctx=64, n_threads=2) as e:
+    with Engine(path, n_ctx=64, n_threads=2, attn="dq") as e:  # the same fp32 attention as decoquant
         f16 = e.eval(t, logits_all=True)
     with Engine(path, n_ctx=64, n_threads=2, **DQ8) as e:
         dq8 = e.eval(t, logits_all=True)
@@ -112,7 +112,7 @@ def test_kv_bytes_exact(models):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("kv", [dict(kv_cache="f16"), DQ8])
+@pytest.mark.parametrize("kv", [dict(kv_cache="f16", attn="dq"), dict(kv_cache="f16", attn="ggml"), DQ8])
 def test_truncate_then_eval_equals_fresh(models, arch, kv):
     path, _ = models[arch]
     t = toks(arch)
@@ -135,7 +135,7 @@ def test_truncate_then_eval_equals_fresh(models, arch, kv):
             e.truncate(T + 1)
 
 
-@pytest.mark.parametrize("kv", [dict(kv_cache="f16"), DQ8])
+@pytest.mark.parametrize("kv", [dict(kv_cache="f16", attn="dq"), dict(kv_cache="f16", attn="ggml"), DQ8])
 def test_state_round_trip(models, tmp_path, kv):
     path, _ = models["qwen2"]
     t = toks("qwen2")

@@ -17,9 +17,20 @@ from pathlib import Path
 from types import ModuleType
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-LIB_DIR = Path(__file__).resolve().parent / "lib"
+
 _REINSTALL = (f'CMAKE_ARGS="-DLLAMA_BUILD=OFF" pip install --force-reinstall --no-cache-dir '
               f'llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}')
+
+
+def _lib_dir() -> Path:
+    from . import _lib
+
+    # the installed layout: decoquant/libdecoquant.so next to decoquant/lib/ (also when
+    # DECOQUANT_LIB points a source checkout at an installed package's library)
+    return Path(_lib._find()).resolve().parent / "lib"
+
+
+LIB_DIR = _lib_dir()
 
 
 @functools.cache

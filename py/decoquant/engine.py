@@ -51,7 +51,7 @@ class Engine:
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 512,
                  n_ubatch: int | None = None, n_threads: int | None = None, kv_cache: str = "f16",
-                 kv_bits_k: int = 4, kv_bits_v: int = 4, preset: str = "default", attn: str = "dq",
+                 kv_bits_k: int = 4, kv_bits_v: int = 4, preset: str = "default", attn: str | None = None,
                  **kv_options: object) -> None:
         if kv_cache not in ("f16", "decoquant"):
             raise ValueError(f"kv_cache must be 'f16' or 'decoquant', got {kv_cache!r}")
@@ -79,6 +79,8 @@ class Engine:
         p.n_threads = n_threads or max(1, (os.cpu_count() or 2))
         p.k = _kv_params(kv_cache, kv_bits_k, opts)[0]
         p.v = _kv_params(kv_cache, kv_bits_v, opts)[0]
+        if attn is None:  # f16: llama.cpp's own attention (bit-identical logits); decoquant: dq_attn
+            attn = "ggml" if kv_cache == "f16" else "dq"
         if attn not in ("dq", "ggml"):
             raise ValueError(f"attn must be 'dq' (dq_attn custom ops) or 'ggml' (ggml_flash_attn_ext, f16 cache), "
                              f"got {attn!r}")
