@@ -23,12 +23,11 @@ int main(int argc, char ** argv) {
         return 1;
     }
 
-    llama_backend_init();
     dq_cli_session s;
     int rc = dq_cli_session_init(&s, &p, err, sizeof err);
     if (rc == DQ_CLI_OK) {
         // llama-cli's conversation mode: on when the model has a chat template (see -h)
-        const char * tmpl = p.chat_template ? p.chat_template : llama_model_chat_template(s.vm, NULL);
+        const char * tmpl = p.chat_template ? p.chat_template : s.ll.llama_model_chat_template(s.vm, NULL);
         int mode;
         if (p.conversation == DQ_CLI_CONV_ON || (p.conversation == DQ_CLI_CONV_AUTO && !p.prompt)) {
             mode = MODE_CHAT;
@@ -64,7 +63,6 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "decoquant-cli: error: %s\n", err);
     }
     dq_cli_session_free(&s);
-    llama_backend_free();
     dq_cli_params_free(&p);
     return rc == DQ_CLI_OK ? 0 : 1;
 }

@@ -9,7 +9,7 @@
 #include <stdio.h>
 
 #include "decoquant_model.h"
-#include "llama.h"
+#include "dq_cli_llama.h"
 
 #define DQ_CLI_DEFAULT_MODEL "smollm2-135m-instruct"
 
@@ -55,6 +55,7 @@ typedef struct dq_cli_log {
 
 // One model and one KV cache, plus the vocabulary and the sampler chain from libllama.
 typedef struct dq_cli_session {
+    dq_cli_llama               ll;
     dq_model *                 dm;
     dq_context *               dc;
     dq_model_info              info;
@@ -98,8 +99,8 @@ int  dq_cli_generate(dq_cli_session * s, int32_t n_predict, FILE * out, char ** 
 void dq_cli_print_report(const dq_cli_session * s, const dq_cli_params * p, FILE * f);
 
 // Chat template (llama_chat_apply_template): the formatted text, malloc'd; NULL on error.
-char * dq_cli_apply_template(const char * tmpl, const struct llama_chat_message * msgs, size_t n,
-                             char * err, size_t es);
+char * dq_cli_apply_template(const dq_cli_session * s, const char * tmpl, const struct llama_chat_message * msgs,
+                             size_t n, char * err, size_t es);
 
 double dq_cli_time(void);
 

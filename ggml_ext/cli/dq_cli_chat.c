@@ -56,7 +56,7 @@ static void print_tokens(const int32_t * t, int32_t n) {
 // stdout. The answer joins the conversation; the user message is dropped if it did not fit.
 static int chat_turn(dq_cli_session * s, const dq_cli_params * p, const char * tmpl, dq_cli_chat * c,
                      char * err, size_t es) {
-    char * text = dq_cli_apply_template(tmpl, c->msgs, c->n, err, es);
+    char * text = dq_cli_apply_template(s, tmpl, c->msgs, c->n, err, es);
     if (!text) {
         return DQ_CLI_ERROR;
     }

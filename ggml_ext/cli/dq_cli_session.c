@@ -37,29 +37,29 @@ static void log_cb(enum ggml_log_level level, const char * text, void * user_dat
     }
 }
 
-static struct llama_sampler * make_sampler(const dq_cli_params * p) {
-    struct llama_sampler_chain_params sp = llama_sampler_chain_default_params();
+static struct llama_sampler * make_sampler(const dq_cli_llama * ll, const dq_cli_params * p) {
+    struct llama_sampler_chain_params sp = ll->llama_sampler_chain_default_params();
     sp.no_perf = true;
-    struct llama_sampler * c = llama_sampler_chain_init(sp);
+    struct llama_sampler * c = ll->llama_sampler_chain_init(sp);
     if (!c) {
         return NULL;
     }
     if (p->temp <= 0.0f) {
-        llama_sampler_chain_add(c, llama_sampler_init_greedy());
+        ll->llama_sampler_chain_add(c, ll->llama_sampler_init_greedy());
         return c;
     }
     // llama-cli's order for these samplers
     if (p->top_k > 0) {
-        llama_sampler_chain_add(c, llama_sampler_init_top_k(p->top_k));
+        ll->llama_sampler_chain_add(c, ll->llama_sampler_init_top_k(p->top_k));
     }
     if (p->top_p < 1.0f) {
-        llama_sampler_chain_add(c, llama_sampler_init_top_p(p->top_p, 1));
+        ll->llama_sampler_chain_add(c, ll->llama_sampler_init_top_p(p->top_p, 1));
     }
     if (p->min_p > 0.0f) {
-        llama_sampler_chain_add(c, llama_sampler_init_min_p(p->min_p, 1));
+        ll->llama_sampler_chain_add(c, ll->llama_sampler_init_min_p(p->min_p, 1));
     }
-    llama_sampler_chain_add(c, llama_sampler_init_temp(p->temp));
-    llama_sampler_chain_add(c, llama_sampler_init_dist(p->seed));
+    ll->llama_sampler_chain_add(c, ll->llama_sampler_init_temp(p->temp));
+    ll->llama_sampler_chain_add(c, ll->llama_sampler_init_dist(p->seed));
     return c;
 }
 
@@ -74,17 +74,21 @@ int dq_cli_session_init(dq_cli_session * s, const dq_cli_params * p, char * err,
     dq_model_get_info(s->dm, &s->info);
 
     // the same GGUF through libllama, vocabulary only: tokenizer, template, end-of-generation tokens
+    if (dq_cli_llama_open(&s->ll, err, es) != 0) {
+        return DQ_CLI_ERROR;
+    }
     s->log.verbose = p->verbose;
     s->log.last_level = GGML_LOG_LEVEL_INFO;
-    llama_log_set(log_cb, &s->log); // until session_free
-    struct llama_model_params mp = llama_model_default_params();
+    s->ll.llama_log_set(log_cb, &s->log); // until session_free
+    s->ll.llama_backend_init();
+    struct llama_model_params mp = s->ll.llama_model_default_params();
     mp.vocab_only = true;
-    s->vm = llama_model_load_from_file(p->model, mp);
+    s->vm = s->ll.llama_model_load_from_file(p->model, mp);
     if (!s->vm) {
         return fail(err, es, "llama.cpp cannot load the vocabulary of %s (-v shows why)", p->model);
     }
-    s->vocab = llama_model_get_vocab(s->vm);
-    s->n_vocab = llama_vocab_n_tokens(s->vocab);
+    s->vocab = s->ll.llama_model_get_vocab(s->vm);
+    s->n_vocab = s->ll.llama_vocab_n_tokens(s->vocab);
     if (s->n_vocab <= 0 || s->n_vocab > s->info.n_vocab) {
         return fail(err, es, "the vocabulary has %d tokens but the model's output has %d", s->n_vocab,
                     s->info.n_vocab);
@@ -110,7 +114,7 @@ int dq_cli_session_init(dq_cli_session * s, const dq_cli_params * p, char * err,
     s->n_ctx   = dq_context_n_ctx(s->dc);
     s->n_batch = p->n_batch;
 
-    s->smpl   = make_sampler(p);
+    s->smpl   = make_sampler(&s->ll, p);
     s->cand   = malloc((size_t) s->n_vocab * sizeof *s->cand);
     s->cached = malloc((size_t) s->n_ctx * sizeof *s->cached);
     if (!s->smpl || !s->cand || !s->cached) {
@@ -120,13 +124,17 @@ int dq_cli_session_init(dq_cli_session * s, const dq_cli_params * p, char * err,
 }
 
 void dq_cli_session_free(dq_cli_session * s) {
-    if (s->smpl) {
-        llama_sampler_free(s->smpl);
+    if (s->ll.handle) {
+        if (s->smpl) {
+            s->ll.llama_sampler_free(s->smpl);
+        }
+        if (s->vm) {
+            s->ll.llama_model_free(s->vm);
+        }
+        s->ll.llama_log_set(log_cb, NULL); // silent from here on
+        s->ll.llama_backend_free();
+        dq_cli_llama_close(&s->ll);
     }
-    if (s->vm) {
-        llama_model_free(s->vm);
-    }
-    llama_log_set(log_cb, NULL); // silent from here on
     dq_context_free(s->dc);
     dq_model_free(s->dm);
     free(s->cand);
@@ -138,7 +146,7 @@ void dq_cli_session_reset(dq_cli_session * s) {
     dq_context_reset(s->dc);
     s->n_cached = 0;
     s->logits = NULL;
-    llama_sampler_reset(s->smpl);
+    s->ll.llama_sampler_reset(s->smpl);
 }
 
 int dq_cli_tokenize(const dq_cli_session * s, const char * text, int add_special, int32_t ** out, int32_t * n,
@@ -152,7 +160,7 @@ int dq_cli_tokenize(const dq_cli_session * s, const char * text, int add_special
     if (!t) {
         return fail(err, es, "out of memory");
     }
-    int32_t k = llama_tokenize(s->vocab, text, (int32_t) len, t, cap, add_special, true);
+    int32_t k = s->ll.llama_tokenize(s->vocab, text, (int32_t) len, t, cap, add_special, true);
     if (k < 0 && k != INT32_MIN) {
         cap = -k;
         int32_t * nt = realloc(t, (size_t) cap * sizeof *t);
@@ -161,7 +169,7 @@ int dq_cli_tokenize(const dq_cli_session * s, const char * text, int add_special
             return fail(err, es, "out of memory");
         }
         t = nt;
-        k = llama_tokenize(s->vocab, text, (int32_t) len, t, cap, add_special, true);
+        k = s->ll.llama_tokenize(s->vocab, text, (int32_t) len, t, cap, add_special, true);
     }
     if (k < 0) {
         free(t);
@@ -250,19 +258,19 @@ int dq_cli_generate(dq_cli_session * s, int32_t n_predict, FILE * out, char ** r
             s->cand[i] = (llama_token_data) { i, s->logits[i], 0.0f };
         }
         llama_token_data_array arr = { s->cand, (size_t) s->n_vocab, -1, false };
-        llama_sampler_apply(s->smpl, &arr);
+        s->ll.llama_sampler_apply(s->smpl, &arr);
         if (arr.selected < 0 || (size_t) arr.selected >= arr.size) {
             rc = fail(err, es, "the sampler selected no token");
             break;
         }
         const llama_token tok = arr.data[arr.selected].id; // through arr: samplers may swap .data
-        llama_sampler_accept(s->smpl, tok);
+        s->ll.llama_sampler_accept(s->smpl, tok);
         s->t_sample += dq_cli_time() - t0;
         s->n_sampled++;
-        if (llama_vocab_is_eog(s->vocab, tok)) {
+        if (s->ll.llama_vocab_is_eog(s->vocab, tok)) {
             break;
         }
-        const int32_t k = llama_token_to_piece(s->vocab, tok, piece, sizeof piece, 0, false);
+        const int32_t k = s->ll.llama_token_to_piece(s->vocab, tok, piece, sizeof piece, 0, false);
         if (k > 0) {
             fwrite(piece, 1, (size_t) k, out);
             fflush(out);
@@ -313,8 +321,8 @@ void dq_cli_print_report(const dq_cli_session * s, const dq_cli_params * p, FILE
             dq_context_kv_bytes_per_token(s->dc), (double) kv / (1024.0 * 1024.0), kv, s->n_ctx);
 }
 
-char * dq_cli_apply_template(const char * tmpl, const struct llama_chat_message * msgs, size_t n, char * err,
-                             size_t es) {
+char * dq_cli_apply_template(const dq_cli_session * s, const char * tmpl, const struct llama_chat_message * msgs,
+                             size_t n, char * err, size_t es) {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         total += strlen(msgs[i].role) + strlen(msgs[i].content);
@@ -330,7 +338,7 @@ char * dq_cli_apply_template(const char * tmpl, const struct llama_chat_message 
             fail(err, es, "out of memory");
             return NULL;
         }
-        const int32_t r = llama_chat_apply_template(tmpl, msgs, n, true, buf, cap);
+        const int32_t r = s->ll.llama_chat_apply_template(tmpl, msgs, n, true, buf, cap);
         if (r < 0) {
             free(buf);
             fail(err, es,
