@@ -7,6 +7,7 @@ K and V are rounded to fp16 as the f16 cache stores them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +120,13 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def forward(arch: str, w: dict[str, np.ndarray], tokens: list[int] | np.ndarray) -> np.ndarray:
-    """Logits [T, vocab] of every token of one sequence starting at position 0."""
+def forward(arch: str, w: dict[str, np.ndarray], tokens: list[int] | np.ndarray,
+            kv_hook: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+            ) -> np.ndarray:
+    """Logits [T, vocab] of every token of one sequence starting at position 0.
+
+    kv_hook(layer, k, v) -> (k, v) stands for the cache (k, v: [T, n_head_kv, head_dim]); the
+    default is the f16 cache."""
     s = SHAPES[arch]
     H, HK, HD = s["n_head"], s["n_head_kv"], s["head_dim"]
     tokens = np.asarray(tokens)
@@ -146,8 +152,11 @@ def forward(arch: str, w: dict[str, np.ndarray], tokens: list[int] | np.ndarray)
             if il % 6 < 5:
                 window, base = GEMMA_WINDOW, GEMMA_BASE_SWA
         q, k = rope(q, pos, base, neox), rope(k, pos, base, neox)
-        k = k.astype(np.float16).astype(np.float64)  # the f16 cache
-        v = v.astype(np.float16).astype(np.float64)
+        if kv_hook is None:
+            k = k.astype(np.float16).astype(np.float64)  # the f16 cache
+            v = v.astype(np.float16).astype(np.float64)
+        else:
+            k, v = (np.asarray(a, np.float64) for a in kv_hook(il, k, v))
         scale = 1.0 / np.sqrt(HD)
         att = np.empty((T, H, HD))
         for hh in range(H):

@@ -19,7 +19,7 @@ enum dq_kv_mode {
     DQ_KV_DECOQUANT = 1, // sinks fp16 + compressed chunks + fp16 residual for the chunk filling
 };
 
-// One stream (K or V) of the cache. K and V must have the same mode, chunk and sinks;
+// One stream (K or V) of one layer's cache. K and V must have the same mode, chunk and sinks;
 // their dq_config fields (bits, scale mode, ...) may differ. n_kv_heads/head_dim are filled in
 // from the model.
 typedef struct dq_kv_params {
@@ -38,6 +38,13 @@ typedef struct dq_context_params {
     dq_kv_params v;
     int32_t attn_impl; // 0: dq_attn custom ops (default); 1: ggml_flash_attn_ext (f16 cache only:
                        // llama.cpp's own CPU attention numerics, for bit-level parity checks)
+    // Per-layer settings (optional): n_layer_kv entries each, layer il uses layer_k[il] and
+    // layer_v[il] instead of k and v; modes, bits and options may differ between layers (e.g. the
+    // first layers f16). NULL / 0: every layer uses k and v. n_layer_kv must be the model's n_layer.
+    const dq_kv_params * layer_k;
+    const dq_kv_params * layer_v;
+    int32_t n_layer_kv;
+    int32_t swa_full;  // 1: sliding-window layers keep all n_ctx tokens (0: a ring of window + n_ubatch)
 } dq_context_params;
 
 typedef struct dq_model_info {

@@ -31,6 +31,33 @@ dq_context_params dq_context_default_params(void) {
     return p;
 }
 
+// the KV cache from the per-layer (or shared) K/V params; sliding-window layers get a ring
+static int init_kv(dq_context * c, const dq_model * m, const dq_context_params * p, char * err, size_t es) {
+    if ((p->layer_k || p->layer_v) && (!p->layer_k || !p->layer_v || p->n_layer_kv != m->n_layer)) {
+        dq_set_err(err, es, "per-layer KV params need layer_k and layer_v with n_layer_kv = %d entries (the model's "
+                   "layers), got %d", m->n_layer, p->n_layer_kv);
+        return -1;
+    }
+    dq_kv_params * pk = malloc((size_t) m->n_layer * sizeof *pk);
+    dq_kv_params * pv = malloc((size_t) m->n_layer * sizeof *pv);
+    int32_t * window  = malloc((size_t) m->n_layer * sizeof *window);
+    int rc = -1;
+    if (!pk || !pv || !window) {
+        dq_set_err(err, es, "out of memory");
+    } else {
+        for (int il = 0; il < m->n_layer; il++) {
+            pk[il] = p->layer_k ? p->layer_k[il] : p->k;
+            pv[il] = p->layer_v ? p->layer_v[il] : p->v;
+            window[il] = m->layers[il].is_swa ? m->n_swa : 0;
+        }
+        rc = dq_kv_init(&c->kv, m, p->n_ctx, p->n_ubatch, pk, pv, window, p->swa_full, err, es);
+    }
+    free(pk);
+    free(pv);
+    free(window);
+    return rc;
+}
+
 dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * err, size_t es) {
     if (err && es) {
         err[0] = 0;
@@ -66,7 +93,8 @@ dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * e
     }
     c->m = m;
     c->p = p;
-    if (dq_kv_init(&c->kv, m, p.n_ctx, &p.k, &p.v, err, es) != 0) {
+    c->p.layer_k = c->p.layer_v = NULL; // not kept: the caller owns the arrays
+    if (init_kv(c, m, &p, err, es) != 0) {
         free(c);
         return NULL;
     }
@@ -84,7 +112,7 @@ dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * e
         return NULL;
     }
     if (p.attn_impl == 1) {
-        if (c->kv.mode != DQ_KV_F16) {
+        if (!dq_kv_all_f16(&c->kv)) {
             dq_set_err(err, es, "attn_impl 1 (ggml flash attention) needs the f16 cache");
             dq_context_free(c);
             return NULL;
@@ -176,6 +204,9 @@ static int eval_ubatch(dq_context * c, const int32_t * tokens, int32_t n, int ou
         memcpy(logits, res->data, ggml_nbytes(res));
     }
     c->kv.n_past += n;
+    if (c->kv.n_past > c->kv.n_high) {
+        c->kv.n_high = c->kv.n_past;
+    }
     ggml_free(ctx);
     return 0;
 }
@@ -239,7 +270,7 @@ int dq_context_truncate(dq_context * c, int32_t n, char * err, size_t es) {
 
 void dq_context_reset(dq_context * c) {
     if (c) {
-        c->kv.n_past = 0;
+        dq_kv_reset(&c->kv);
         c->n_outputs = 0;
     }
 }
@@ -247,16 +278,18 @@ void dq_context_reset(dq_context * c) {
 // ---------------------------------------------------------------- state
 
 #define DQ_STATE_MAGIC   "DQKVSTAT"
-#define DQ_STATE_VERSION 1
+#define DQ_STATE_VERSION 2
 
 typedef struct dq_state_header {
     char     magic[8];
     uint32_t version;
     uint32_t header_size;
     uint64_t fingerprint;
-    int32_t  n_layer, n_kv, head_dim, mode, chunk, sinks;
+    int32_t  n_layer, n_kv, head_dim, mode, chunk, sinks; // mode/chunk/sinks/cfg: layer 0's, for messages
     dq_config cfg_k, cfg_v;
     int32_t  n_past, n_ctx;
+    int32_t  n_high, pad;      // the rings' high-water mark (see dq_kv_cache)
+    uint64_t settings;         // dq_kv_settings_hash: every layer's mode, options and geometry
     uint64_t payload_size;
     uint64_t checksum; // FNV-1a 64 of the header (this field 0) and the payload
 } dq_state_header;
@@ -271,14 +304,17 @@ static void make_header(const dq_context * c, dq_state_header * h) {
     h->version = DQ_STATE_VERSION;
     h->header_size = sizeof *h;
     h->fingerprint = c->m->fingerprint;
-    h->n_layer = c->kv.n_layer; h->n_kv = c->kv.n_kv; h->head_dim = c->kv.hd; h->mode = c->kv.mode;
-    h->chunk = c->kv.chunk; h->sinks = c->kv.sinks;
-    if (c->kv.mode == DQ_KV_DECOQUANT) {
-        h->cfg_k = c->kv.cfg_k;
-        h->cfg_v = c->kv.cfg_v;
+    const dq_kv_layer * L = &c->kv.layers[0];
+    h->n_layer = c->kv.n_layer; h->n_kv = c->kv.n_kv; h->head_dim = c->kv.hd; h->mode = L->mode;
+    h->chunk = L->chunk; h->sinks = L->sinks;
+    if (L->mode == DQ_KV_DECOQUANT) {
+        h->cfg_k = L->k.p.cfg;
+        h->cfg_v = L->v.p.cfg;
     }
     h->n_past = c->kv.n_past;
     h->n_ctx  = c->kv.n_ctx;
+    h->n_high = c->kv.n_high;
+    h->settings = dq_kv_settings_hash(&c->kv);
     h->payload_size = dq_kv_state_payload(&c->kv, c->kv.n_past);
 }
 
@@ -333,16 +369,16 @@ int dq_context_state_load(dq_context * c, const void * src, size_t size, char * 
                    "%016llx)", (unsigned long long) h.fingerprint, (unsigned long long) mine.fingerprint);
         return -1;
     }
-    if (h.mode != mine.mode || h.chunk != mine.chunk || h.sinks != mine.sinks ||
-        memcmp(&h.cfg_k, &mine.cfg_k, sizeof h.cfg_k) != 0 || memcmp(&h.cfg_v, &mine.cfg_v, sizeof h.cfg_v) != 0) {
-        dq_set_err(err, es, "state_load: the KV cache settings differ (state: mode %d, K bits %d, V bits %d, chunk %d, "
-                   "sinks %d; context: mode %d, K bits %d, V bits %d, chunk %d, sinks %d)", h.mode, h.cfg_k.bits,
-                   h.cfg_v.bits, h.chunk, h.sinks, mine.mode, mine.cfg_k.bits, mine.cfg_v.bits, mine.chunk, mine.sinks);
+    if (h.settings != mine.settings) {
+        dq_set_err(err, es, "state_load: the KV cache settings differ (state: layer 0 mode %d, K bits %d, V bits %d, "
+                   "chunk %d, sinks %d; context: mode %d, K bits %d, V bits %d, chunk %d, sinks %d; or the per-layer "
+                   "settings or sliding-window rings (n_ctx, n_ubatch) differ)", h.mode, h.cfg_k.bits, h.cfg_v.bits,
+                   h.chunk, h.sinks, mine.mode, mine.cfg_k.bits, mine.cfg_v.bits, mine.chunk, mine.sinks);
         return -1;
     }
-    if (h.n_past < 0 || h.n_past > c->kv.n_ctx) {
-        dq_set_err(err, es, "state_load: the state holds %d tokens, more than this context's n_ctx = %d", h.n_past,
-                   c->kv.n_ctx);
+    if (h.n_past < 0 || h.n_past > c->kv.n_ctx || h.n_high < h.n_past || h.n_high > c->kv.n_ctx) {
+        dq_set_err(err, es, "state_load: the state holds %d tokens (%d written), more than this context's "
+                   "n_ctx = %d", h.n_past, h.n_high, c->kv.n_ctx);
         return -1;
     }
     const size_t payload = dq_kv_state_payload(&c->kv, h.n_past);
@@ -359,7 +395,7 @@ int dq_context_state_load(dq_context * c, const void * src, size_t size, char * 
         dq_set_err(err, es, "state_load: checksum mismatch (the state is corrupt)");
         return -1;
     }
-    dq_kv_state_read(&c->kv, (const uint8_t *) src + sizeof h, h.n_past);
+    dq_kv_state_read(&c->kv, (const uint8_t *) src + sizeof h, h.n_past, h.n_high);
     c->n_outputs = 0;
     return 0;
 }

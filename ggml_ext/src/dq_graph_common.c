@@ -27,7 +27,7 @@ struct ggml_tensor * dq_g_rope(dq_graph * g, struct ggml_tensor * x, const dq_la
 static void append_fn(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     dq_append_op * op = ud;
     const float * k = dst->src[0]->data, * v = dst->src[1]->data;
-    const int U = dq_kv_append_units(op->kv, op->pos0, op->n);
+    const int U = dq_kv_append_units(op->kv, op->il, op->pos0, op->n);
     // units alternate K, V: with two threads one takes K and the other V
     for (int u = ith; u < 2 * U; u += nth) {
         const int is_v = u & 1;
@@ -74,8 +74,11 @@ static void mask_fn(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     for (int32_t i = ith; i < op->n_q; i += nth) {
         uint16_t * row = (uint16_t *) ((char *) dst->data + (size_t) i * dst->nb[1]);
         const int32_t p = pos[i];
-        for (int32_t j = 0; j < op->n_kv; j++) {
-            const int vis = j <= p && !(op->window > 0 && j <= p - op->window);
+        const int32_t n_cols = op->n_kv < op->cap ? op->n_kv : op->cap;
+        for (int32_t j = 0; j < n_cols; j++) {
+            // the position held in row j: the newest one of its ring slot
+            const int32_t pj = j + op->cap * ((op->n_kv - 1 - j) / op->cap);
+            const int vis = pj <= p && !(op->window > 0 && pj <= p - op->window);
             row[j] = vis ? 0 : ninf;
         }
     }
@@ -86,16 +89,18 @@ static struct ggml_tensor * attention_ggml(dq_graph * g, int il, struct ggml_ten
     struct ggml_context * ctx = g->ctx;
     const dq_model * m = g->m;
     dq_kv_cache * kv = g->kv;
-    const int32_t n = g->n_tokens, n_kv = g->pos0 + n;
+    const dq_kv_layer * L = &kv->layers[il];
+    const int32_t n = g->n_tokens, n_kv = g->pos0 + n, n_cols = n_kv < L->cap ? n_kv : L->cap;
     dq_attn_op * op = &g->attn_ops[il];
     memset(op, 0, sizeof *op);
-    op->n_q = n; op->n_kv = n_kv; op->window = window;
+    op->n_q = n; op->n_kv = n_kv; op->cap = L->cap; op->window = window;
     struct ggml_tensor * args_m[2] = { dep, g->inp_pos };
-    struct ggml_tensor * mask = ggml_custom_4d(ctx, GGML_TYPE_F16, n_kv, n, 1, 1, args_m, 2, mask_fn, GGML_N_TASKS_MAX, op);
-    struct ggml_tensor * kc = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, m->head_dim, m->n_head_kv, n_kv);
-    struct ggml_tensor * vc = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, m->head_dim, m->n_head_kv, n_kv);
-    ggml_backend_tensor_alloc(g->kv_buf, kc, kv->k[il].rows);
-    ggml_backend_tensor_alloc(g->kv_buf, vc, kv->v[il].rows);
+    struct ggml_tensor * mask = ggml_custom_4d(ctx, GGML_TYPE_F16, n_cols, n, 1, 1, args_m, 2, mask_fn,
+                                               GGML_N_TASKS_MAX, op);
+    struct ggml_tensor * kc = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, m->head_dim, m->n_head_kv, n_cols);
+    struct ggml_tensor * vc = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, m->head_dim, m->n_head_kv, n_cols);
+    ggml_backend_tensor_alloc(g->kv_buf, kc, L->k.rows);
+    ggml_backend_tensor_alloc(g->kv_buf, vc, L->v.rows);
     struct ggml_tensor * k = ggml_permute(ctx, kc, 0, 2, 1, 3);
     struct ggml_tensor * v = ggml_permute(ctx, vc, 0, 2, 1, 3);
     q = ggml_permute(ctx, q, 0, 2, 1, 3);
@@ -125,8 +130,8 @@ struct ggml_tensor * dq_g_attention(dq_graph * g, int il, struct ggml_tensor * q
     memset(op, 0, sizeof *op);
     op->kv      = kv;
     op->il      = il;
-    op->cfg_k   = kv->cfg_k;
-    op->cfg_v   = kv->cfg_v;
+    op->cfg_k   = kv->layers[il].k.p.cfg;
+    op->cfg_v   = kv->layers[il].v.p.cfg;
     op->n_head  = m->n_head;
     op->n_q     = n;
     op->window  = window;

@@ -54,37 +54,53 @@ struct dq_model {
 typedef struct dq_kv_stream {
     dq_kv_params p;          // cfg filled with the model's n_kv_heads and head_dim
     size_t   block_bytes;    // DQ: dq_block_size(cfg, chunk)
-    uint16_t * rows;         // F16: [n_ctx][D]
+    uint16_t * rows;         // F16: [cap][D]
     uint16_t * sink;         // DQ: [sinks][D]
-    uint8_t  * blocks;       // DQ: [n_blocks][block_bytes]
+    uint8_t  * blocks;       // DQ: [n_slots][block_bytes]
     uint16_t * resid;        // DQ: [chunk][D]
 } dq_kv_stream;
 
+// One layer's K and V. Both share the mode, chunk, sinks and the ring geometry; a
+// sliding-window layer keeps only the last tokens it can still see, in a ring.
+typedef struct dq_kv_layer {
+    int32_t mode;     // enum dq_kv_mode
+    int32_t chunk;    // DQ: tokens per block
+    int32_t sinks;    // DQ: first tokens kept fp16
+    int32_t window;   // > 0: a sliding-window layer
+    int32_t cap;      // F16: rows held; position p sits in row p % cap (cap == n_ctx: no ring)
+    int32_t n_slots;  // DQ: block slots; chunk c sits in slot c % n_slots (all chunks of n_ctx: no ring)
+    dq_kv_stream k, v;
+} dq_kv_layer;
+
 typedef struct dq_kv_cache {
     int32_t n_layer, n_ctx, n_kv, hd, D;
-    int32_t mode, chunk, sinks, n_blocks;
-    dq_config cfg_k, cfg_v;   // for dq_attn (f16: a valid dummy with the shape)
-    dq_kv_stream * k, * v;    // [n_layer]
+    dq_kv_layer * layers;     // [n_layer]
     uint8_t * mem;
     size_t    bytes;
     int32_t   n_past;
+    int32_t   n_high;         // the most tokens held since the last reset: rings are valid back to it - cap
 } dq_kv_cache;
 
-int  dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, const dq_kv_params * pk,
-                const dq_kv_params * pv, char * err, size_t err_size);
+// pk/pv: n_layer entries each (layer il uses pk[il], pv[il]); window[il] > 0 marks a sliding-window
+// layer, which gets a ring sized for n_ubatch-token batches unless swa_full.
+int  dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ubatch, const dq_kv_params * pk,
+                const dq_kv_params * pv, const int32_t * window, int swa_full, char * err, size_t err_size);
 void dq_kv_free(dq_kv_cache * kv);
+int  dq_kv_all_f16(const dq_kv_cache * kv);
 // Appends n rows (fp32 [n][D]) at positions pos0.. of layer il, one stream; the rows of one
 // stream are split into `units` independent jobs (see dq_kv_cache.c).
-int  dq_kv_append_units(const dq_kv_cache * kv, int32_t pos0, int32_t n);
+int  dq_kv_append_units(const dq_kv_cache * kv, int il, int32_t pos0, int32_t n);
 void dq_kv_append_unit(dq_kv_cache * kv, int il, int is_v, const float * x, int32_t pos0, int32_t n, int unit);
 // Segments of layer il once n_kv tokens are cached; tokens at positions <= min_pos - window
 // (window > 0) are left out. Returns the count (at most dq_kv_max_segs).
 int  dq_kv_max_segs(const dq_kv_cache * kv);
 int  dq_kv_segments(const dq_kv_cache * kv, int il, int32_t n_kv, int32_t min_pos, int32_t window, dq_segment * segs);
 int  dq_kv_truncate(dq_kv_cache * kv, int32_t n, char * err, size_t err_size);
+void dq_kv_reset(dq_kv_cache * kv);
+uint64_t dq_kv_settings_hash(const dq_kv_cache * kv);
 size_t dq_kv_state_payload(const dq_kv_cache * kv, int32_t n_past);
 void dq_kv_state_write(const dq_kv_cache * kv, uint8_t * dst);
-void dq_kv_state_read(dq_kv_cache * kv, const uint8_t * src, int32_t n_past);
+void dq_kv_state_read(dq_kv_cache * kv, const uint8_t * src, int32_t n_past, int32_t n_high);
 
 // ---------------------------------------------------------------- graph
 
@@ -97,6 +113,7 @@ typedef struct dq_attn_op {
     dq_segment * segs;
     int32_t  n_segs;
     int32_t  n_kv;       // ggml flash-attention path: keys in the cache after the append
+    int32_t  cap;        // ggml flash-attention path: rows of the layer's (ring) buffer
 } dq_attn_op;
 
 typedef struct dq_append_op {

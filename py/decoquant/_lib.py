@@ -47,6 +47,7 @@ typedef struct dq_kv_params { int32_t mode; dq_config cfg; int32_t chunk; int32_
 typedef struct dq_context_params {
     int32_t n_ctx; int32_t n_batch; int32_t n_ubatch; int32_t n_threads; dq_kv_params k; dq_kv_params v;
     int32_t attn_impl;
+    const dq_kv_params * layer_k; const dq_kv_params * layer_v; int32_t n_layer_kv; int32_t swa_full;
 } dq_context_params;
 typedef struct dq_model_info {
     char arch[32];

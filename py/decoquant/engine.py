@@ -46,18 +46,62 @@ def _kv_params(mode: str, bits: int, opts: reference.Options) -> object:
     return p
 
 
+def _per_layer_bits(name: str, bits: int | Sequence[int]) -> list[int]:
+    if isinstance(bits, (int, np.integer)):
+        return [int(bits)]
+    if isinstance(bits, (str, bytes)):
+        raise ValueError(f"{name} must be one of {reference.BITS} or a list of them (one per layer), got {bits!r}")
+    try:
+        out = [int(b) for b in bits]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a list of ints (one per layer), got {bits!r}") from None
+    if not out:
+        raise ValueError(f"{name}: an empty list")
+    return out
+
+
+def _layer_params(n_layer: int, bits_k: list[int], bits_v: list[int], f16_layers: Sequence[int],
+                  opts: reference.Options) -> tuple[object, object]:
+    for name, bits in (("kv_bits_k", bits_k), ("kv_bits_v", bits_v)):
+        if len(bits) not in (1, n_layer):
+            raise ValueError(f"{name} has {len(bits)} entries; the model has {n_layer} layers (give one value or "
+                             f"{n_layer})")
+    f16 = set()
+    for il in f16_layers:
+        if not isinstance(il, (int, np.integer)) or not -n_layer <= il < n_layer:
+            raise ValueError(f"kv_f16_layers: {il!r} is not a layer index of this model (0..{n_layer - 1})")
+        f16.add(int(il) % n_layer)
+    pk = ffi.new(f"dq_kv_params[{n_layer}]")
+    pv = ffi.new(f"dq_kv_params[{n_layer}]")
+    for il in range(n_layer):
+        mode = "f16" if il in f16 else "decoquant"
+        pk[il] = _kv_params(mode, bits_k[il if len(bits_k) > 1 else 0], opts)[0]
+        pv[il] = _kv_params(mode, bits_v[il if len(bits_v) > 1 else 0], opts)[0]
+    return pk, pv
+
+
 class Engine:
     """A model plus one context (its KV cache). Not thread-safe."""
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 512,
                  n_ubatch: int | None = None, n_threads: int | None = None, kv_cache: str = "f16",
-                 kv_bits_k: int = 4, kv_bits_v: int = 4, preset: str = "default", attn: str | None = None,
-                 **kv_options: object) -> None:
+                 kv_bits_k: int | Sequence[int] = 4, kv_bits_v: int | Sequence[int] = 4,
+                 preset: str = "default", attn: str | None = None, kv_f16_layers: Sequence[int] = (),
+                 swa_full: bool = False, **kv_options: object) -> None:
+        """kv_bits_k / kv_bits_v: one value, or one per layer. kv_f16_layers: layers whose cache stays
+        f16 under kv_cache="decoquant". swa_full: sliding-window layers keep all n_ctx tokens instead
+        of a ring of window + n_ubatch."""
         if kv_cache not in ("f16", "decoquant"):
             raise ValueError(f"kv_cache must be 'f16' or 'decoquant', got {kv_cache!r}")
-        for name, b in (("kv_bits_k", kv_bits_k), ("kv_bits_v", kv_bits_v)):
-            if kv_cache == "decoquant" and b not in reference.BITS:
-                raise ValueError(f"{name} must be one of {reference.BITS}, got {b!r}")
+        bits_k, bits_v = _per_layer_bits("kv_bits_k", kv_bits_k), _per_layer_bits("kv_bits_v", kv_bits_v)
+        if kv_cache == "decoquant":
+            for name, bits in (("kv_bits_k", bits_k), ("kv_bits_v", bits_v)):
+                bad = [b for b in bits if b not in reference.BITS]
+                if bad:
+                    raise ValueError(f"{name} must be one of {reference.BITS} (or a list of them, one per layer), "
+                                     f"got {bad[0]!r}")
+        elif len(bits_k) > 1 or len(bits_v) > 1 or kv_f16_layers:
+            raise ValueError("per-layer kv_bits_k/kv_bits_v and kv_f16_layers need kv_cache='decoquant'")
         opts = reference.options(4, preset, **kv_options)  # raises ValueError on unknown options
         if kv_cache == "decoquant":
             opts.check(16, 16)
@@ -72,13 +116,24 @@ class Engine:
         if m == ffi.NULL:
             raise EngineError(_msg(err))
         self._model = m
+        info = ffi.new("dq_model_info *")
+        lib.dq_model_get_info(m, info)
+        n_layer = int(info.n_layer)
         p = ffi.new("dq_context_params *", lib.dq_context_default_params())
         p.n_ctx = n_ctx
         p.n_batch = n_batch
         p.n_ubatch = n_ubatch or min(n_batch, 512)
         p.n_threads = n_threads or max(1, (os.cpu_count() or 2))
-        p.k = _kv_params(kv_cache, kv_bits_k, opts)[0]
-        p.v = _kv_params(kv_cache, kv_bits_v, opts)[0]
+        p.swa_full = int(bool(swa_full))
+        p.k = _kv_params(kv_cache, bits_k[0], opts)[0]
+        p.v = _kv_params(kv_cache, bits_v[0], opts)[0]
+        if len(bits_k) > 1 or len(bits_v) > 1 or kv_f16_layers:
+            try:
+                per_k, per_v = _layer_params(n_layer, bits_k, bits_v, kv_f16_layers, opts)
+            except ValueError:
+                self.close()
+                raise
+            p.layer_k, p.layer_v, p.n_layer_kv = per_k, per_v, n_layer
         if attn is None:  # f16: llama.cpp's own attention (bit-identical logits); decoquant: dq_attn
             attn = "ggml" if kv_cache == "f16" else "dq"
         if attn not in ("dq", "ggml"):
@@ -91,8 +146,6 @@ class Engine:
             self._model = ffi.NULL
             raise EngineError(_msg(err))
         self._ctx = c
-        info = ffi.new("dq_model_info *")
-        lib.dq_model_get_info(m, info)
         self.arch = ffi.string(info.arch).decode()
         self.n_vocab = int(info.n_vocab)
         self.n_ctx_train = int(info.n_ctx_train)
