@@ -9,6 +9,8 @@ from typing import Any
 
 from .cli import add_kv_args, add_model_args, open_llama
 
+# like llama-cli's conversation mode: with SmolLM2's own default system prompt greedy answers drift
+DEFAULT_SYSTEM = "You are a helpful assistant."
 _HELP = "/reset: forget the conversation   /stats: tokens, KV cache, speed   /exit (or Ctrl-D): quit"
 
 
@@ -16,9 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("chat", help="chat with a model (the default model if none is given)",
                        description=f"Chat with a GGUF model, with its chat template. In the REPL: {_HELP}")
     c.add_argument("-p", "--prompt", help="one message: print the answer and exit")
-    c.add_argument("--system", help="system message")
+    c.add_argument("--system", default=DEFAULT_SYSTEM, metavar="TEXT",
+                   help=f"system message; default {DEFAULT_SYSTEM!r} (as llama-cli); '' for none (the chat "
+                        "template's own default, if it has one)")
     c.add_argument("--max-tokens", type=int, default=512, metavar="N", help="most tokens per answer; default 512")
     _sampling_args(c, temp=0.7)
+    c.add_argument("--chat-format", default=None, help="a llama-cpp-python chat format instead of the GGUF's "
+                   "template (e.g. chatml)")
     c.add_argument("--stats", action="store_true", help="with -p: print the stats to stderr at the end")
     add_model_args(c)
     add_kv_args(c)
@@ -82,9 +88,9 @@ class Meter:
 def kv_line(llm: Any, args: argparse.Namespace) -> str:
     e = llm.engine
     what = "f16" if args.kv_cache == "f16" else f"DecoQuant K{args.kv_bits_k}/V{args.kv_bits_v} bits"
-    used = llm.n_tokens * e.kv_bytes_per_token
-    return (f"KV cache {what}: {llm.n_tokens}/{llm.n_ctx()} tokens, {used / 2**20:.2f} MiB in use "
-            f"({e.kv_bytes_per_token:.0f} bytes/token), {e.kv_bytes / 2**20:.1f} MiB allocated")
+    # the cache is allocated for n_ctx up front
+    return (f"KV cache {what}: {llm.n_tokens}/{llm.n_ctx()} tokens, {e.kv_bytes / 2**20:.1f} MiB "
+            f"({e.kv_bytes} bytes, {e.kv_bytes_per_token:.0f} per token of n_ctx)")
 
 
 def _stream(chunks: Any, key: str) -> str:
@@ -102,7 +108,10 @@ def _chat(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     sampling = _sampling(args)
-    llm = open_llama(args)
+    llm = open_llama(args, chat_format=args.chat_format)
+    if not llm.metadata.get("tokenizer.chat_template") and args.chat_format is None:
+        print("decoquant: note: the model has no chat template (a base model?): using llama-cpp-python's "
+              f"{llm.chat_format!r} format; `decoquant generate` may suit it better", file=sys.stderr)
     system = [{"role": "system", "content": args.system}] if args.system else []
     meter = Meter()
 
