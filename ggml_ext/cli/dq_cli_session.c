@@ -67,6 +67,15 @@ int dq_cli_session_init(dq_cli_session * s, const dq_cli_params * p, char * err,
     memset(s, 0, sizeof *s);
     char derr[DQ_CLI_ERR];
 
+    if (dq_cli_llama_open(&s->ll, err, es) != 0) {
+        return DQ_CLI_ERROR;
+    }
+    // ggml's log too (e.g. the weight repacking in dq_model_load), until session_free
+    s->log.verbose = p->verbose;
+    s->log.last_level = GGML_LOG_LEVEL_INFO;
+    s->ll.llama_log_set(log_cb, &s->log);
+    s->ll.llama_backend_init();
+
     s->dm = dq_model_load(p->model, derr, sizeof derr);
     if (!s->dm) {
         return fail(err, es, "cannot load the model %s: %s", p->model, derr);
@@ -74,13 +83,6 @@ int dq_cli_session_init(dq_cli_session * s, const dq_cli_params * p, char * err,
     dq_model_get_info(s->dm, &s->info);
 
     // the same GGUF through libllama, vocabulary only: tokenizer, template, end-of-generation tokens
-    if (dq_cli_llama_open(&s->ll, err, es) != 0) {
-        return DQ_CLI_ERROR;
-    }
-    s->log.verbose = p->verbose;
-    s->log.last_level = GGML_LOG_LEVEL_INFO;
-    s->ll.llama_log_set(log_cb, &s->log); // until session_free
-    s->ll.llama_backend_init();
     struct llama_model_params mp = s->ll.llama_model_default_params();
     mp.vocab_only = true;
     s->vm = s->ll.llama_model_load_from_file(p->model, mp);
