@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any
@@ -128,6 +129,8 @@ def _chat(args: argparse.Namespace) -> int:
         return 0
 
     print(f"decoquant chat: {llm.model_path}\n{_HELP}", file=sys.stderr)
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
     history = list(system)
     turns = 0
     while True:
