@@ -217,6 +217,10 @@ int dq_cli_parse(int argc, char ** argv, dq_cli_params * p) {
             if (!p->prompt_owned) {
                 return -1;
             }
+            const size_t len = strlen(p->prompt_owned);
+            if (len > 0 && p->prompt_owned[len - 1] == '\n') {
+                p->prompt_owned[len - 1] = '\0'; // the file's last newline is not part of the prompt (as llama-cli)
+            }
             p->prompt = p->prompt_owned;
         } else if (is(a, "-sys", "--system") || is(a, "--system-prompt", NULL)) {
             p->system = v;
