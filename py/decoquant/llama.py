@@ -18,6 +18,7 @@ import ctypes
 import inspect
 import multiprocessing
 import os
+import sys
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -116,6 +117,10 @@ class Llama(llama_cpp.Llama):  # type: ignore[misc,name-defined]
             raise ValueError(f"{model_path}: vocabulary of {self._n_vocab} tokens but {engine.n_vocab} logits")
         # generate() removes the cache tail through the context: route it to our cache
         self._ctx.kv_cache_seq_rm = _seq_rm(self)
+        if self.verbose:
+            bits = f", K {kv_bits_k} / V {kv_bits_v} bits" if kv_cache == "decoquant" else ""
+            print(f"decoquant.Llama: kv_cache={kv_cache}{bits}, {engine.kv_bytes / 2**20:.1f} MiB for n_ctx = "
+                  f"{engine.n_ctx}, {engine.n_threads} threads", file=sys.stderr)
 
     @classmethod
     def from_registry(cls, name: str, **kwargs: Any) -> Llama:
