@@ -22,7 +22,8 @@ MISSING = [m for m in DEPS if importlib.util.find_spec(m) is None]
 pytestmark = [
     pytest.mark.skipif(MODEL is None, reason="smollm2-135m-instruct.gguf is not in the model cache "
                        "(fetch it: decoquant models fetch smollm2-135m-instruct)"),
-    pytest.mark.skipif(bool(MISSING), reason=f"llama_cpp.server needs {MISSING}: pip install 'decoquant[server]'"),
+    pytest.mark.skipif(bool(MISSING), reason=f"llama_cpp.server needs {MISSING}: "
+                       'pip install "llama-cpp-python[server]==0.3.36"'),
 ]
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of France?"}]

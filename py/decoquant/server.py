@@ -6,7 +6,7 @@
 --model takes a .gguf path or a registry name (fetched on first use; default: the default model).
 --kv-cache / --kv-bits-k / --kv-bits-v / --kv-preset choose the cache; every other flag is
 llama_cpp.server's own (--n_ctx, --n_threads, --host, --port, --chat_format, ...; see --help).
-Needs the server extra: pip install "decoquant[server]".
+Needs llama_cpp.server's packages: pip install "llama-cpp-python[server]==0.3.36".
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-_SERVER_DEPS = "pip install fastapi uvicorn sse-starlette 'starlette-context>=0.3.6,<0.4' pydantic-settings pyyaml"
+_SERVER_DEPS = 'pip install "llama-cpp-python[server]==0.3.36"  (or the decoquant[server] extra)'
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
         server_main = importlib.import_module("llama_cpp.server.__main__")
     except ModuleNotFoundError as e:
-        print(f"decoquant.server: error: llama_cpp.server needs {e.name}: {_SERVER_DEPS} "
-              "(or pip install 'decoquant[server]')", file=sys.stderr)
+        print(f"decoquant.server: error: llama_cpp.server needs {e.name}: {_SERVER_DEPS}", file=sys.stderr)
         return 2
     except ImportError as e:
         print(f"decoquant.server: error: {e}", file=sys.stderr)
