@@ -66,7 +66,10 @@ def machine() -> dict[str, Any]:
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process, bytes."""
+    """Peak resident set size of this process, bytes (VmHWM: unlike ru_maxrss, not inherited through fork)."""
+    hwm = _proc_field("/proc/self/status", "VmHWM")
+    if hwm:
+        return int(hwm.split()[0]) * 1024
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
