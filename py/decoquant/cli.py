@@ -1,4 +1,4 @@
-"""The `decoquant` command: chat, generate, info, models, demo.
+"""The `decoquant` command: chat, generate, info, models, eval, bench, demo.
 
 Each subcommand lives in a module of this package with ``add_parser(sub)``, which adds its parser(s)
 to the argparse sub-parsers and sets ``fn`` (``fn(args) -> int``, the exit code) as a default. To add a
@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 # modules of the decoquant package that define add_parser(sub), in --help order
-SUBCOMMANDS = ["chat", "models_cli", "demo"]
+SUBCOMMANDS = ["chat", "models_cli", "eval", "bench", "demo"]
 
 
 # ------------------------------------------------------------------ flags shared by subcommands
