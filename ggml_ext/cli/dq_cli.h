@@ -12,6 +12,9 @@
 #include "dq_cli_llama.h"
 
 #define DQ_CLI_DEFAULT_MODEL "smollm2-135m-instruct"
+// the default system message, as `decoquant chat`'s (py/decoquant/chat.py): SmolLM2's own default
+// system prompt makes its greedy answers drift
+#define DQ_CLI_DEFAULT_SYSTEM "You are a helpful assistant."
 
 enum dq_cli_conv {
     DQ_CLI_CONV_AUTO = -1, // -p: one templated turn if the model has a template; no -p: chat

@@ -33,7 +33,8 @@ static void usage(FILE * f) {
         "                       fetch it with: decoquant models fetch " DQ_CLI_DEFAULT_MODEL ")\n"
         "  -p, --prompt TEXT    prompt (see modes)\n"
         "  -f, --file FNAME     prompt from a file\n"
-        "  -sys, --system TEXT  system message (chat template modes)\n"
+        "  -sys, --system TEXT  system message (chat template modes; default \"" DQ_CLI_DEFAULT_SYSTEM "\",\n"
+        "                       as `decoquant chat`; \"\" for none)\n"
         "  --chat-template T    a template name known to llama_chat_apply_template (chatml, gemma,\n"
         "                       llama3, ...) instead of the GGUF's\n"
         "  -n, --n-predict N    tokens to generate per answer (default: -1 = until the end-of-\n"
@@ -151,6 +152,7 @@ int dq_cli_parse(int argc, char ** argv, dq_cli_params * p) {
     const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     p->n_threads    = ncpu > 0 ? (int32_t) (ncpu < 256 ? ncpu : 256) : 1;
     p->temp         = 0.8f;
+    p->system       = DQ_CLI_DEFAULT_SYSTEM;
     p->top_k        = 40;
     p->top_p        = 0.95f;
     p->min_p        = 0.05f;

@@ -93,7 +93,7 @@ static int chat_turn(dq_cli_session * s, const dq_cli_params * p, const char * t
 int dq_cli_run_single(dq_cli_session * s, const dq_cli_params * p, const char * tmpl, char * err, size_t es) {
     dq_cli_chat c = { 0 };
     int rc = DQ_CLI_OK;
-    if ((p->system && chat_push(&c, "system", p->system) != 0) || chat_push(&c, "user", p->prompt) != 0) {
+    if ((p->system && p->system[0] && chat_push(&c, "system", p->system) != 0) || chat_push(&c, "user", p->prompt) != 0) {
         snprintf(err, es, "out of memory");
         rc = DQ_CLI_ERROR;
     } else {
@@ -130,8 +130,8 @@ int dq_cli_run_raw(dq_cli_session * s, const dq_cli_params * p, char * err, size
 
 int dq_cli_run_chat(dq_cli_session * s, const dq_cli_params * p, const char * tmpl, char * err, size_t es) {
     dq_cli_chat c = { 0 };
-    const size_t n_sys = p->system ? 1 : 0;
-    if (p->system && chat_push(&c, "system", p->system) != 0) {
+    const size_t n_sys = p->system && p->system[0] ? 1 : 0;
+    if (p->system && p->system[0] && chat_push(&c, "system", p->system) != 0) {
         snprintf(err, es, "out of memory");
         return DQ_CLI_ERROR;
     }

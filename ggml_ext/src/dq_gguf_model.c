@@ -335,11 +335,38 @@ static int repack_supported(ggml_backend_dev_t dev, ggml_backend_buffer_type_t b
     return ok;
 }
 
+// exported by libggml-base (ggml-impl.h), not in its public headers
+void ggml_log_callback_default(enum ggml_log_level level, const char * text, void * user_data);
+
+// ggml's default logger prints debug lines too (one per repacked tensor); drop those while we repack.
+// A logger the host installed (llama-cpp-python's, the CLI's) is left to filter as it likes.
+static void log_above_debug(enum ggml_log_level level, const char * text, void * user_data) {
+    if (level != GGML_LOG_LEVEL_DEBUG) {
+        ggml_log_callback_default(level, text, user_data);
+    }
+}
+
+static void repack_weights_impl(dq_model * m);
+
 static void repack_weights(dq_model * m) {
     const char * env = getenv("DQ_NO_REPACK");
     if (env && env[0] && env[0] != '0') {
         return;
     }
+    ggml_log_callback cb = NULL;
+    void * ud = NULL;
+    ggml_log_get(&cb, &ud);
+    const int quiet = cb == ggml_log_callback_default;
+    if (quiet) {
+        ggml_log_set(log_above_debug, ud);
+    }
+    repack_weights_impl(m);
+    if (quiet) {
+        ggml_log_set(cb, ud);
+    }
+}
+
+static void repack_weights_impl(dq_model * m) {
     ggml_backend_dev_t dev = NULL;
     ggml_backend_buffer_type_t buft = repack_buft(&dev);
     if (!buft) {

@@ -10,7 +10,8 @@ from typing import Any
 
 from .cli import add_kv_args, add_model_args, open_llama
 
-# like llama-cli's conversation mode: with SmolLM2's own default system prompt greedy answers drift
+# our choice, shared with decoquant-cli: with SmolLM2's own default system prompt ("...named SmolLM...")
+# greedy answers drift (stock llama-cpp-python answers the same); a plain assistant prompt keeps them on topic
 DEFAULT_SYSTEM = "You are a helpful assistant."
 _HELP = "/reset: forget the conversation   /stats: tokens, KV cache, speed   /exit (or Ctrl-D): quit"
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=f"Chat with a GGUF model, with its chat template. In the REPL: {_HELP}")
     c.add_argument("-p", "--prompt", help="one message: print the answer and exit")
     c.add_argument("--system", default=DEFAULT_SYSTEM, metavar="TEXT",
-                   help=f"system message; default {DEFAULT_SYSTEM!r} (as llama-cli); '' for none (the chat "
+                   help=f"system message; default {DEFAULT_SYSTEM!r} (as decoquant-cli); '' for none (the chat "
                         "template's own default, if it has one)")
     c.add_argument("--max-tokens", type=int, default=512, metavar="N", help="most tokens per answer; default 512")
     _sampling_args(c, temp=0.7)
