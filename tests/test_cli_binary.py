@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from decoquant import registry
 from decoquant._llama import import_llama_cpp
+from decoquant.chat import DEFAULT_SYSTEM
 from decoquant.engine import Engine
 
 MODEL = "smollm2-135m-instruct"
@@ -71,9 +72,10 @@ def test_f16_greedy_matches_the_python_runtime(model: Path) -> None:
     llama_cpp = import_llama_cpp()
     llm = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     tmpl = llm.metadata["tokenizer.chat_template"].encode()
-    msg = (llama_cpp.llama_chat_message * 1)(llama_cpp.llama_chat_message(b"user", prompt.encode()))
+    msg = (llama_cpp.llama_chat_message * 2)(llama_cpp.llama_chat_message(b"system", DEFAULT_SYSTEM.encode()),
+                                              llama_cpp.llama_chat_message(b"user", prompt.encode()))
     buf = ctypes.create_string_buffer(4096)
-    k = llama_cpp.llama_chat_apply_template(tmpl, msg, 1, True, buf, len(buf))
+    k = llama_cpp.llama_chat_apply_template(tmpl, msg, 2, True, buf, len(buf))
     text = buf.raw[:k]
     assert b"<|im_start|>user\n" + prompt.encode() in text
     assert ids == llm.tokenize(text, add_bos=True, special=True)
@@ -127,8 +129,8 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
 
 
 def test_context_overflow_fails_cleanly(model: Path) -> None:
-    prompt = "What is the capital of France?"  # 16 tokens with the template
+    prompt = "What is the capital of France?"  # 27 tokens with the template and the default system message
     r = run("-m", str(model), "-c", "8", "-p", prompt)
     assert r.returncode == 1 and "more than the context size n_ctx = 8" in r.stderr
-    r = run("-m", str(model), "-c", "20", "-n", "64", "--temp", "0", "-t", "1", "-p", prompt)
-    assert r.returncode == 1 and "the context is full (n_ctx = 20 tokens)" in r.stderr
+    r = run("-m", str(model), "-c", "32", "-n", "64", "--temp", "0", "-t", "1", "-p", prompt)
+    assert r.returncode == 1 and "the context is full (n_ctx = 32 tokens)" in r.stderr
