@@ -78,6 +78,23 @@ def test_json_schema(tiny_report):
     assert md.count("\n| ") == 1 + len(rep["results"])
 
 
+def test_reference_on_disk_gives_the_same_numbers(tiny, tiny_report, monkeypatch):
+    # long contexts keep the reference logits in a temporary file instead of RAM
+    monkeypatch.setattr(dq_eval, "_RAM_LIMIT", 0)
+    rep = dq_eval.run(tiny[0], tiny[1], ctx=512, chunks=2, kv="dq4", ref="f16", threads=2, progress=False)
+    assert _row(rep, "dq4")["kld_mean"] == _row(tiny_report, "dq4")["kld_mean"]
+
+
+def test_one_document(tiny, tmp_path):
+    text = tmp_path / "docs.txt"
+    body = tiny[1].read_text().replace("\n", " ")
+    text.write_text(f"{body[:3000]}\n\n{body[:9000]}\n\n{body[:2000]}\n")
+    rep = dq_eval.run(tiny[0], text, ctx=256, chunks=2, kv="f16", doc="longest", progress=False)
+    assert rep["text"]["doc"] == 1 and rep["text"]["n_docs"] == 3
+    with pytest.raises(ValueError, match="out of range"):
+        dq_eval.run(tiny[0], text, ctx=256, chunks=1, kv="f16", doc=3, progress=False)
+
+
 @pytest.mark.parametrize("name", ["f16", "dq4", "k4v2", "paper2", "dq3+chunk=128+sinks=4"])
 def test_kv_bytes_match_the_runtime(tiny, name):
     from decoquant import Engine
