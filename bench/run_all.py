@@ -1,14 +1,15 @@
 """Regenerate the end-to-end results: docs/results/{eval,long,bench,maxctx}_<model>.json, the tables of
 docs/RESULTS.md between `<!-- run_all:begin NAME -->` / `<!-- run_all:end NAME -->` markers (the rest of
-the file is left as written; missing blocks are appended at the end), and the plots docs/results/{kld_vs_bits,decode_vs_context,kv_memory_vs_context}.png.
+the file is left as written; missing blocks are appended at the end), and the plots
+docs/results/{kld_vs_bits,decode_vs_context,kv_memory_vs_context}.png.
 
-    python bench/run_all.py                      # everything, all four models (hours on a 2-core CPU)
+    python bench/run_all.py                      # everything, all four models (~6 h on the 2-vCPU VM)
     python bench/run_all.py --only eval --models qwen2.5-coder-1.5b-instruct
     python bench/run_all.py --render-only        # tables and plots from the JSON already there
     python bench/run_all.py --quick              # smoke run: SmolLM2, tiny sizes, into /tmp/decoquant-quick
 
 Steps per model: `eval` (ctx 1024 x 4 chunks of sotu.txt, every cache of EVAL_KV against our f16),
-`long` (the longest address of sotu.txt at 16K context, 8K for SmolLM2, one chunk), `bench` (prefill and
+`long` (the longest address of sotu.txt, 40K tokens, at 8K context, one chunk), `bench` (prefill and
 decode speed at several contexts, interleaved repeats in subprocesses) and `maxctx` (the longest context
 whose KV cache fits in 2 GiB). Each step is the Python API of the `decoquant eval` / `decoquant bench`
 command recorded in its JSON under "command".
@@ -33,8 +34,10 @@ EVAL_KV = ("f16,dq2,dq3,dq4,dq8,paper2,paper4,paper8,k4v2,k8v4,"
 LONG_KV = "f16,dq4,dq2,llama:q8_0,llama:q4_0"
 BENCH_KV = "f16,dq4,llama:f16,llama:q8_0,llama:q4_0"
 MAX_KV = "f16,dq8,dq4,dq2,llama:f16,llama:q8_0,llama:q4_0"
-FULL = {"eval": {"ctx": 1024, "chunks": 4, "kv": EVAL_KV}, "long": {"ctx": 16384, "chunks": 1, "kv": LONG_KV},
-        "bench": {"contexts": "512,4096,16384", "decode": 32, "repeats": 3, "kv": BENCH_KV},
+# ggml's CPU flash attention makes long prefills slow on 2 vCPUs (a 16K prefill of Qwen2.5-1.5B: ~40 min per
+# cache), hence 8K for the long documents and 512/4K for speed by default (--long-ctx, --bench-contexts)
+FULL = {"eval": {"ctx": 1024, "chunks": 4, "kv": EVAL_KV}, "long": {"ctx": 8192, "chunks": 1, "kv": LONG_KV},
+        "bench": {"contexts": "512,4096", "decode": 32, "repeats": 3, "kv": BENCH_KV},
         "maxctx": {"memory": "2GiB", "kv": MAX_KV}}
 QUICK = {"eval": {"ctx": 256, "chunks": 1, "kv": "f16,dq2,dq4,dq8,paper4,llama:q8_0,llama:q4_0"},
          "long": {"ctx": 1024, "chunks": 1, "kv": "f16,dq4,llama:q4_0"},
@@ -316,6 +319,9 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(STEPS), help=f"steps to run, of {','.join(STEPS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text", type=Path, default=TEXT)
+    ap.add_argument("--long-ctx", type=int, default=None, help=f"context of the long-document eval "
+                    f"(default {FULL['long']['ctx']}; capped at each model's training context)")
+    ap.add_argument("--bench-contexts", default=None, help=f"speed contexts (default {FULL['bench']['contexts']})")
     ap.add_argument("--quick", action="store_true", help="smoke run: SmolLM2, tiny sizes, into --out")
     ap.add_argument("--out", type=Path, default=None, help="JSON and PNG folder (default docs/results; "
                     "--quick: /tmp/decoquant-quick)")
@@ -335,10 +341,15 @@ def main() -> int:
     bad = sorted(set(steps) - set(STEPS))
     if bad:
         ap.error(f"unknown step(s) {bad}; valid: {', '.join(STEPS)}")
+    cfg = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if args.long_ctx:
+        cfg["long"]["ctx"] = args.long_ctx
+    if args.bench_contexts:
+        cfg["bench"]["contexts"] = args.bench_contexts
     if not args.render_only:
         t0 = time.time()
         for m in models:
-            run_model(m, steps, QUICK if args.quick else FULL, out, args.threads, args.text)
+            run_model(m, steps, cfg, out, args.threads, args.text)
         print(f"ran {steps} on {models} in {(time.time() - t0) / 60:.1f} min", file=sys.stderr)
     render(out, md)
     return 0
