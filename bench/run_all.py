@@ -272,7 +272,8 @@ def plots(out: Path, evals: dict[str, Any], benches: dict[str, Any], maxctx: dic
             shape = (info["n_layer"], info["n_head_kv"], info["head_dim"])
             for kv in kvs:
                 spec = kvspec.parse(kv)
-                line, = ax.plot(ctxs, [spec.kv_bytes(c, *shape) / 2**20 for c in ctxs], label=kv)
+                path = info.get("path") if info.get("path") and Path(info["path"]).exists() else None
+                line, = ax.plot(ctxs, [spec.kv_bytes(c, *shape, model_path=path) / 2**20 for c in ctxs], label=kv)
                 pts = [(r["ctx"], r["kv_bytes"]) for r in (benches.get(m) or {}).get("results", []) if r["kv"] == kv]
                 pts += [(r["n_ctx_allocated"], r["kv_bytes_allocated"]) for r in (maxctx.get(m) or {}).get(
                     "results", []) if r["kv"] == kv and r.get("kv_bytes_allocated")]

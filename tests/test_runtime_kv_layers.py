@@ -14,6 +14,7 @@ pytest.importorskip("gguf")
 
 import _tiny_models as tm  # noqa: E402
 from decoquant import Engine, EngineError, reference  # noqa: E402
+from decoquant.engine import kv_bytes  # noqa: E402
 from decoquant._lib import ffi, lib  # noqa: E402
 
 N_CTX, UB, T = 1024, 16, 700  # f16 ring: 512 rows (< n_ctx); decoquant ring: 3 block slots of 16
@@ -162,3 +163,15 @@ def test_per_layer_errors(llama, bad, match):
         Engine(llama, n_ctx=64, kv_cache="decoquant", **bad)
     with pytest.raises(ValueError, match="need kv_cache='decoquant'"):
         Engine(llama, n_ctx=64, kv_f16_layers=[0])
+
+
+@pytest.mark.parametrize("kv", list(KVS))
+@pytest.mark.parametrize("swa_full", [False, True])
+def test_kv_bytes_without_allocating(gemma, llama, kv, swa_full):
+    kw = {k: v for k, v in KVS[kv].items() if k != "attn"}
+    for path in (gemma, llama):
+        for n_ctx in (100, 1024, 3000):
+            with Engine(path, n_ctx=n_ctx, n_batch=UB, n_threads=1, swa_full=swa_full, **kw) as e:
+                assert kv_bytes(path, n_ctx, n_batch=UB, swa_full=swa_full, **kw) == e.kv_bytes
+    with pytest.raises(EngineError, match="chunk must be"):
+        kv_bytes(llama, 100, kv_cache="decoquant", chunk=8)

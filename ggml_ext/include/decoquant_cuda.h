@@ -71,13 +71,15 @@ typedef struct dq_cuda_attn_params {
     int32_t max_res;
     int32_t n_split;                    // splits per (sequence, KV head); 0: chosen for the GPU
     int32_t path;                       // 0: fastest that applies, 1: fast (tensor cores), 2: generic
-    int32_t variant;                    // 0 (or 2): codes as fp16 subnormals, the fast path's only unpacking; 1: reserved
+    int32_t variant;                    // fast path: 0 int8 tensor cores where GQA <= 4, else fp16; 1 int8 only; 2 fp16 only
     float * out;                        // device [n_seq][n_q][n_head][head_dim]
     void * work;                        // device, dq_cuda_attn_work_size bytes, zeroed once (dq_cuda_attn_work_init)
 } dq_cuda_attn_params;
 
 // The fast path (tensor cores): n_q == 1, no mask, 4-bit K and V, head_dim 128, chunk 128 * 2^k,
-// token scales with one group (scope layer) or channel scales, up to 8 query heads per KV head.
+// token scales with one group (scope layer) or channel scales, up to 8 query heads per KV head
+// (int8 kernel: up to 4, exact integer sums of a 15-bit q~ and 15-bit fixed-point weights; fp16
+// kernel: codes as fp16 subnormals, ~22-bit q~ and fp16 weights).
 // Everything else (and path = 2) runs the generic fp32 kernel: any bits, scales, scope, head_dim,
 // chunk and GQA whose shared memory (about 16*grp*head_dim + 256*head_dim bytes) fits in 200 KB,
 // and causal prefill (q_pos).

@@ -65,6 +65,8 @@ DQ_API int32_t    dq_model_n_vocab(const dq_model * m);
 DQ_API const char * dq_model_supported_archs(void);
 
 DQ_API dq_context * dq_context_new(dq_model * m, const dq_context_params * p, char * err, size_t err_size);
+// The KV bytes dq_context_new(m, p) would allocate, without allocating (0 with err on bad params).
+DQ_API size_t       dq_kv_bytes(const dq_model * m, const dq_context_params * p, char * err, size_t err_size);
 DQ_API void         dq_context_free(dq_context * c);
 
 // Evaluates n tokens after the n_past already in the cache. logits_all: 1 -> logits of every

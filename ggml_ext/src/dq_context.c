@@ -31,8 +31,10 @@ dq_context_params dq_context_default_params(void) {
     return p;
 }
 
-// the KV cache from the per-layer (or shared) K/V params; sliding-window layers get a ring
-static int init_kv(dq_context * c, const dq_model * m, const dq_context_params * p, char * err, size_t es) {
+// the KV cache from the per-layer (or shared) K/V params; sliding-window layers get a ring.
+// alloc 0: only its geometry and size (dq_kv_plan)
+static int init_kv(dq_kv_cache * kv, const dq_model * m, const dq_context_params * p, int alloc, char * err,
+                   size_t es) {
     if ((p->layer_k || p->layer_v) && (!p->layer_k || !p->layer_v || p->n_layer_kv != m->n_layer)) {
         dq_set_err(err, es, "per-layer KV params need layer_k and layer_v with n_layer_kv = %d entries (the model's "
                    "layers), got %d", m->n_layer, p->n_layer_kv);
@@ -50,7 +52,7 @@ static int init_kv(dq_context * c, const dq_model * m, const dq_context_params *
             pv[il] = p->layer_v ? p->layer_v[il] : p->v;
             window[il] = m->layers[il].is_swa ? m->n_swa : 0;
         }
-        rc = dq_kv_init(&c->kv, m, p->n_ctx, p->n_ubatch, pk, pv, window, p->swa_full, err, es);
+        rc = (alloc ? dq_kv_init : dq_kv_plan)(kv, m, p->n_ctx, p->n_ubatch, pk, pv, window, p->swa_full, err, es);
     }
     free(pk);
     free(pv);
@@ -58,14 +60,8 @@ static int init_kv(dq_context * c, const dq_model * m, const dq_context_params *
     return rc;
 }
 
-dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * err, size_t es) {
-    if (err && es) {
-        err[0] = 0;
-    }
-    if (!m) {
-        dq_set_err(err, es, "no model");
-        return NULL;
-    }
+// the defaults filled in (n_ctx 0: the model's, ...)
+static dq_context_params resolve_params(const dq_model * m, const dq_context_params * pp) {
     dq_context_params p = pp ? *pp : dq_context_default_params();
     if (p.n_ctx <= 0) {
         p.n_ctx = m->n_ctx_train;
@@ -82,6 +78,36 @@ dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * e
     if (p.n_threads <= 0) {
         p.n_threads = 1;
     }
+    return p;
+}
+
+size_t dq_kv_bytes(const dq_model * m, const dq_context_params * pp, char * err, size_t es) {
+    if (err && es) {
+        err[0] = 0;
+    }
+    if (!m) {
+        dq_set_err(err, es, "no model");
+        return 0;
+    }
+    const dq_context_params p = resolve_params(m, pp);
+    dq_kv_cache kv;
+    if (init_kv(&kv, m, &p, 0, err, es) != 0) {
+        return 0;
+    }
+    const size_t bytes = kv.bytes;
+    dq_kv_free(&kv);
+    return bytes;
+}
+
+dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * err, size_t es) {
+    if (err && es) {
+        err[0] = 0;
+    }
+    if (!m) {
+        dq_set_err(err, es, "no model");
+        return NULL;
+    }
+    const dq_context_params p = resolve_params(m, pp);
     if (p.n_threads > 256) {
         dq_set_err(err, es, "n_threads = %d is too large (at most 256)", p.n_threads);
         return NULL;
@@ -94,7 +120,7 @@ dq_context * dq_context_new(dq_model * m, const dq_context_params * pp, char * e
     c->m = m;
     c->p = p;
     c->p.layer_k = c->p.layer_v = NULL; // not kept: the caller owns the arrays
-    if (init_kv(c, m, &p, err, es) != 0) {
+    if (init_kv(&c->kv, m, &p, 1, err, es) != 0) {
         free(c);
         return NULL;
     }

@@ -105,7 +105,7 @@ static int layer_init(dq_kv_cache * kv, int il, const dq_kv_params * pk, const d
     return 0;
 }
 
-int dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ubatch, const dq_kv_params * pk,
+int dq_kv_plan(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ubatch, const dq_kv_params * pk,
                const dq_kv_params * pv, const int32_t * window, int swa_full, char * err, size_t es) {
     memset(kv, 0, sizeof *kv);
     kv->n_layer = m->n_layer;
@@ -127,6 +127,16 @@ int dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ub
         const dq_kv_layer * L = &kv->layers[il];
         total += stream_bytes(L, &L->k, kv->D) + stream_bytes(L, &L->v, kv->D);
     }
+    kv->bytes = total;
+    return 0;
+}
+
+int dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ubatch, const dq_kv_params * pk,
+               const dq_kv_params * pv, const int32_t * window, int swa_full, char * err, size_t es) {
+    if (dq_kv_plan(kv, m, n_ctx, n_ubatch, pk, pv, window, swa_full, err, es) != 0) {
+        return -1;
+    }
+    const size_t total = kv->bytes;
     kv->mem = aligned_alloc(64, (total + 63) / 64 * 64);
     if (!kv->mem) {
         dq_set_err(err, es, "out of memory: the KV cache needs %zu bytes", total);
@@ -134,7 +144,6 @@ int dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ub
         return -1;
     }
     memset(kv->mem, 0, total);
-    kv->bytes = total;
     uint8_t * p = kv->mem;
     for (int il = 0; il < kv->n_layer; il++) {
         dq_kv_layer * L = &kv->layers[il];

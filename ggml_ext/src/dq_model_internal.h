@@ -85,6 +85,9 @@ typedef struct dq_kv_cache {
 // layer, which gets a ring sized for n_ubatch-token batches unless swa_full.
 int  dq_kv_init(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ubatch, const dq_kv_params * pk,
                 const dq_kv_params * pv, const int32_t * window, int swa_full, char * err, size_t err_size);
+// dq_kv_init without the allocation: the geometry and kv->bytes only (free with dq_kv_free)
+int  dq_kv_plan(dq_kv_cache * kv, const dq_model * m, int32_t n_ctx, int32_t n_ubatch, const dq_kv_params * pk,
+                const dq_kv_params * pv, const int32_t * window, int swa_full, char * err, size_t err_size);
 void dq_kv_free(dq_kv_cache * kv);
 int  dq_kv_all_f16(const dq_kv_cache * kv);
 // Appends n rows (fp32 [n][D]) at positions pos0.. of layer il, one stream; the rows of one

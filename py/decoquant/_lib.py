@@ -63,6 +63,7 @@ int32_t dq_model_n_vocab(const dq_model * m);
 const char * dq_model_supported_archs(void);
 dq_context * dq_context_new(dq_model * m, const dq_context_params * p, char * err, size_t err_size);
 void dq_context_free(dq_context * c);
+size_t dq_kv_bytes(const dq_model * m, const dq_context_params * p, char * err, size_t err_size);
 int dq_context_eval(dq_context * c, const int32_t * tokens, int32_t n, int logits_all, char * err, size_t err_size);
 const float * dq_context_logits(const dq_context * c);
 int32_t dq_context_n_outputs(const dq_context * c);

@@ -247,11 +247,11 @@ def max_context(model: str | os.PathLike | None = None, kv: str | Sequence[str] 
     try:
         for s in specs:
             prog.step(f"{s.name}")
-            n = longest_fitting(lambda x, s=s: s.kv_bytes(x, *shape), budget)
+            n = longest_fitting(lambda x, s=s: s.kv_bytes(x, *shape, model_path=path), budget)
             row: dict[str, Any] = {"kv": s.name, "backend": s.backend,
                                    "bits_per_value": s.bits_per_value(vocab.n_head_kv, vocab.head_dim),
                                    "kv_bytes_per_token": s.kv_bytes_per_token(*shape), "max_context": n,
-                                   "kv_bytes_predicted": s.kv_bytes(n, *shape),
+                                   "kv_bytes_predicted": s.kv_bytes(n, *shape, model_path=path),
                                    "beyond_n_ctx_train": bool(vocab.n_ctx_train and n > vocab.n_ctx_train)}
             if check and n > 0:
                 base = {"mode": "alloc", "model": str(path), "kv": s.name, "threads": threads}

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -80,6 +81,90 @@ def _layer_params(n_layer: int, bits_k: list[int], bits_v: list[int], f16_layers
     return pk, pv
 
 
+class _KVSpec:
+    """The KV kwargs of Engine, checked; params() builds the C context params."""
+
+    def __init__(self, kv_cache: str, kv_bits_k: int | Sequence[int], kv_bits_v: int | Sequence[int], preset: str,
+                 kv_f16_layers: Sequence[int], kv_options: dict[str, object]) -> None:
+        if kv_cache not in ("f16", "decoquant"):
+            raise ValueError(f"kv_cache must be 'f16' or 'decoquant', got {kv_cache!r}")
+        self.kv_cache = kv_cache
+        self.bits_k = _per_layer_bits("kv_bits_k", kv_bits_k)
+        self.bits_v = _per_layer_bits("kv_bits_v", kv_bits_v)
+        if kv_cache == "decoquant":
+            for name, bits in (("kv_bits_k", self.bits_k), ("kv_bits_v", self.bits_v)):
+                bad = [b for b in bits if b not in reference.BITS]
+                if bad:
+                    raise ValueError(f"{name} must be one of {reference.BITS} (or a list of them, one per layer), "
+                                     f"got {bad[0]!r}")
+        elif len(self.bits_k) > 1 or len(self.bits_v) > 1 or kv_f16_layers:
+            raise ValueError("per-layer kv_bits_k/kv_bits_v and kv_f16_layers need kv_cache='decoquant'")
+        self.f16_layers = kv_f16_layers
+        self.opts = reference.options(4, preset, **kv_options)  # raises ValueError on unknown options
+        if kv_cache == "decoquant":
+            self.opts.check(16, 16)
+
+    def params(self, n_layer: int, n_ctx: int, n_batch: int, n_ubatch: int | None,
+               swa_full: bool) -> tuple[object, tuple[object, ...]]:
+        """dq_context_params, and the per-layer arrays it points to (keep them alive until used)."""
+        if n_ctx < 0 or n_batch <= 0:
+            raise ValueError(f"n_ctx must be >= 0 and n_batch > 0, got {n_ctx}, {n_batch}")
+        p = ffi.new("dq_context_params *", lib.dq_context_default_params())
+        p.n_ctx = n_ctx
+        p.n_batch = n_batch
+        p.n_ubatch = n_ubatch or min(n_batch, 512)
+        p.swa_full = int(bool(swa_full))
+        p.k = _kv_params(self.kv_cache, self.bits_k[0], self.opts)[0]
+        p.v = _kv_params(self.kv_cache, self.bits_v[0], self.opts)[0]
+        keep: tuple[object, ...] = ()
+        if len(self.bits_k) > 1 or len(self.bits_v) > 1 or self.f16_layers:
+            keep = _layer_params(n_layer, self.bits_k, self.bits_v, self.f16_layers, self.opts)
+            p.layer_k, p.layer_v, p.n_layer_kv = keep[0], keep[1], n_layer
+        return p, keep
+
+
+def _load(path: str) -> tuple[object, object]:
+    err = _err()
+    m = lib.dq_model_load(path.encode(), err, _ERR)
+    if m == ffi.NULL:
+        raise EngineError(_msg(err))
+    info = ffi.new("dq_model_info *")
+    lib.dq_model_get_info(m, info)
+    return m, info
+
+
+def kv_bytes(model_path: str | os.PathLike, n_ctx: int, n_batch: int = 512, n_ubatch: int | None = None,
+             kv_cache: str = "f16", kv_bits_k: int | Sequence[int] = 4, kv_bits_v: int | Sequence[int] = 4,
+             preset: str = "default", kv_f16_layers: Sequence[int] = (), swa_full: bool = False,
+             **kv_options: object) -> int:
+    """The KV bytes Engine(model_path, n_ctx, ...) would allocate, computed by the runtime without allocating
+    (sliding-window rings included). Loads the GGUF without repacking its weights."""
+    spec = _KVSpec(kv_cache, kv_bits_k, kv_bits_v, preset, kv_f16_layers, kv_options)
+    m, info = _model_for_sizes(os.fspath(model_path))
+    p, keep = spec.params(int(info.n_layer), n_ctx, n_batch, n_ubatch, swa_full)
+    err = _err()
+    n = int(lib.dq_kv_bytes(m, p, err, _ERR))
+    del keep
+    if n == 0:
+        raise EngineError(_msg(err))
+    return n
+
+
+@functools.cache
+def _model_for_sizes(path: str) -> tuple[object, object]:
+    # the weights stay in the mapping (no repacked copies): only the shapes are read
+    old = os.environ.get("DQ_NO_REPACK")
+    os.environ["DQ_NO_REPACK"] = "1"
+    try:
+        m, info = _load(path)
+    finally:
+        if old is None:
+            del os.environ["DQ_NO_REPACK"]
+        else:
+            os.environ["DQ_NO_REPACK"] = old
+    return ffi.gc(m, lib.dq_model_free), info
+
+
 class Engine:
     """A model plus one context (its KV cache). Not thread-safe."""
 
@@ -91,59 +176,29 @@ class Engine:
         """kv_bits_k / kv_bits_v: one value, or one per layer. kv_f16_layers: layers whose cache stays
         f16 under kv_cache="decoquant". swa_full: sliding-window layers keep all n_ctx tokens instead
         of a ring of window + n_ubatch."""
-        if kv_cache not in ("f16", "decoquant"):
-            raise ValueError(f"kv_cache must be 'f16' or 'decoquant', got {kv_cache!r}")
-        bits_k, bits_v = _per_layer_bits("kv_bits_k", kv_bits_k), _per_layer_bits("kv_bits_v", kv_bits_v)
-        if kv_cache == "decoquant":
-            for name, bits in (("kv_bits_k", bits_k), ("kv_bits_v", bits_v)):
-                bad = [b for b in bits if b not in reference.BITS]
-                if bad:
-                    raise ValueError(f"{name} must be one of {reference.BITS} (or a list of them, one per layer), "
-                                     f"got {bad[0]!r}")
-        elif len(bits_k) > 1 or len(bits_v) > 1 or kv_f16_layers:
-            raise ValueError("per-layer kv_bits_k/kv_bits_v and kv_f16_layers need kv_cache='decoquant'")
-        opts = reference.options(4, preset, **kv_options)  # raises ValueError on unknown options
-        if kv_cache == "decoquant":
-            opts.check(16, 16)
-        if n_ctx < 0 or n_batch <= 0:
-            raise ValueError(f"n_ctx must be >= 0 and n_batch > 0, got {n_ctx}, {n_batch}")
-        self.model_path = str(model_path)
-        self.kv_cache = kv_cache
-        self._model = ffi.NULL
-        self._ctx = ffi.NULL
-        err = _err()
-        m = lib.dq_model_load(self.model_path.encode(), err, _ERR)
-        if m == ffi.NULL:
-            raise EngineError(_msg(err))
-        self._model = m
-        info = ffi.new("dq_model_info *")
-        lib.dq_model_get_info(m, info)
-        n_layer = int(info.n_layer)
-        p = ffi.new("dq_context_params *", lib.dq_context_default_params())
-        p.n_ctx = n_ctx
-        p.n_batch = n_batch
-        p.n_ubatch = n_ubatch or min(n_batch, 512)
-        p.n_threads = n_threads or max(1, (os.cpu_count() or 2))
-        p.swa_full = int(bool(swa_full))
-        p.k = _kv_params(kv_cache, bits_k[0], opts)[0]
-        p.v = _kv_params(kv_cache, bits_v[0], opts)[0]
-        if len(bits_k) > 1 or len(bits_v) > 1 or kv_f16_layers:
-            try:
-                per_k, per_v = _layer_params(n_layer, bits_k, bits_v, kv_f16_layers, opts)
-            except ValueError:
-                self.close()
-                raise
-            p.layer_k, p.layer_v, p.n_layer_kv = per_k, per_v, n_layer
+        spec = _KVSpec(kv_cache, kv_bits_k, kv_bits_v, preset, kv_f16_layers, kv_options)
         if attn is None:  # f16: llama.cpp's own attention (bit-identical logits); decoquant: dq_attn
             attn = "ggml" if kv_cache == "f16" else "dq"
         if attn not in ("dq", "ggml"):
             raise ValueError(f"attn must be 'dq' (dq_attn custom ops) or 'ggml' (ggml_flash_attn_ext, f16 cache), "
                              f"got {attn!r}")
+        self.model_path = str(model_path)
+        self.kv_cache = kv_cache
+        self._model = ffi.NULL
+        self._ctx = ffi.NULL
+        self._model, info = _load(self.model_path)
+        try:
+            p, keep = spec.params(int(info.n_layer), n_ctx, n_batch, n_ubatch, swa_full)
+        except ValueError:
+            self.close()
+            raise
+        p.n_threads = n_threads or max(1, (os.cpu_count() or 2))
         p.attn_impl = 0 if attn == "dq" else 1
-        c = lib.dq_context_new(m, p, err, _ERR)
+        err = _err()
+        c = lib.dq_context_new(self._model, p, err, _ERR)
+        del keep
         if c == ffi.NULL:
-            lib.dq_model_free(m)
-            self._model = ffi.NULL
+            self.close()
             raise EngineError(_msg(err))
         self._ctx = c
         self.arch = ffi.string(info.arch).decode()

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -81,12 +82,20 @@ class KVSpec:
                 for b in (self.bits_k, self.bits_v)]
         return float(sum(bits) / 2)
 
-    def kv_bytes(self, n_ctx: int, n_layer: int, n_kv_heads: int, head_dim: int) -> int:
-        """Exact bytes the cache allocates for n_ctx tokens (mirrors dq_kv_init and llama.cpp's kv cache)."""
+    def kv_bytes(self, n_ctx: int, n_layer: int, n_kv_heads: int, head_dim: int,
+                 model_path: str | os.PathLike | None = None, n_batch: int = 512) -> int:
+        """Exact bytes the cache allocates for n_ctx tokens. Ours: asked of the runtime when model_path is
+        given (sliding-window rings included), else from the format (every layer full-size). llama.cpp's:
+        its f16/quantized rows for the padded n_ctx (full-size sliding-window layers, its default)."""
         d = n_kv_heads * head_dim
         if self.is_llama:
             padded = -(-n_ctx // 256) * 256  # llama.cpp pads n_ctx to a multiple of 256
             return round(n_layer * 2 * padded * d * GGML_BITS[self.ggml_type] / 8)
+        if model_path is not None:
+            from .engine import kv_bytes
+
+            kw = {k: v for k, v in self.engine_kwargs().items() if k != "attn"}
+            return kv_bytes(model_path, n_ctx, n_batch=n_batch, n_ubatch=n_batch, **kw)
         if self.kv_cache == "f16":
             return n_layer * 2 * n_ctx * d * 2
         from ._lib import lib
