@@ -32,7 +32,7 @@ MODELS = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder
 EVAL_KV = ("f16,dq2,dq3,dq4,dq8,paper2,paper4,paper8,k4v2,k8v4,"
            "llama:q8_0,llama:q5_0,llama:q4_1,llama:q4_0")
 LONG_KV = "f16,dq4,dq2,llama:q8_0,llama:q4_0"
-BENCH_KV = "f16,dq4,llama:f16,llama:q8_0,llama:q4_0"
+BENCH_KV = "f16,f16+attn=dq,dq4,llama:f16,llama:q8_0,llama:q4_0"
 MAX_KV = "f16,dq8,dq4,dq2,llama:f16,llama:q8_0,llama:q4_0"
 # ggml's CPU flash attention makes long prefills slow on 2 vCPUs (a 16K prefill of Qwen2.5-1.5B: ~40 min per
 # cache), hence 8K for the long documents and 512/4K for speed by default (--long-ctx, --bench-contexts)
