@@ -323,6 +323,10 @@ def main() -> int:
     ap.add_argument("--long-ctx", type=int, default=None, help=f"context of the long-document eval "
                     f"(default {FULL['long']['ctx']}; capped at each model's training context)")
     ap.add_argument("--bench-contexts", default=None, help=f"speed contexts (default {FULL['bench']['contexts']})")
+    ap.add_argument("--bench-repeats", type=int, default=None,
+                    help=f"speed repeats (default {FULL['bench']['repeats']})")
+    ap.add_argument("--bench-kv", default=None, help=f"caches timed (default {FULL['bench']['kv']})")
+    ap.add_argument("--eval-kv", default=None, help=f"caches scored (default {FULL['eval']['kv']})")
     ap.add_argument("--quick", action="store_true", help="smoke run: SmolLM2, tiny sizes, into --out")
     ap.add_argument("--out", type=Path, default=None, help="JSON and PNG folder (default docs/results; "
                     "--quick: /tmp/decoquant-quick)")
@@ -347,6 +351,12 @@ def main() -> int:
         cfg["long"]["ctx"] = args.long_ctx
     if args.bench_contexts:
         cfg["bench"]["contexts"] = args.bench_contexts
+    if args.bench_repeats:
+        cfg["bench"]["repeats"] = args.bench_repeats
+    if args.bench_kv:
+        cfg["bench"]["kv"] = args.bench_kv
+    if args.eval_kv:
+        cfg["eval"]["kv"] = args.eval_kv
     if not args.render_only:
         t0 = time.time()
         for m in models:
