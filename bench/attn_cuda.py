@@ -100,7 +100,9 @@ def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Option
     t = events_median(lambda i: calls[i % copies](), iters)
     tb = b2b(lambda i: calls[i % copies](), max(copies, 16), reps=3)
     nbytes = 2 * batch * nb * size + 2 * batch * RES * nkv * hd * 2 + batch * n_head * hd * 4 * 2
-    return dict(ms=t, ms_b2b=tb, bytes=nbytes, splits=calls[0].splits, path=calls[0].path, copies=copies)
+    grp = n_head // nkv
+    kernel = "generic" if calls[0].path != "fast" else ("int8" if grp <= 4 and variant != "subnormal" else "fp16")
+    return dict(ms=t, ms_b2b=tb, bytes=nbytes, splits=calls[0].splits, path=calls[0].path, kernel=kernel, copies=copies)
 
 
 def sdpa_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, iters: int) -> dict:
@@ -206,7 +208,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 print(f"{name:13s} ctx {ctx:6d} b {batch:2d}: dq {r['ms']*1e3:8.1f} us ({r['pct_peak']:5.1f}% peak,"
                       f" b2b {r['ms_b2b']*1e3:8.1f} us {r['pct_peak_b2b']:5.1f}%)  sdpa {r.get('sdpa_ms', 0)*1e3:8.1f} us"
-                      f"  x{r.get('speedup', 0):.2f} (b2b x{r.get('speedup_b2b', 0):.2f})  splits {r['splits']}",
+                      f"  x{r.get('speedup', 0):.2f} (b2b x{r.get('speedup_b2b', 0):.2f})  splits {r['splits']} {r['kernel']}",
                       flush=True)
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
                 lib=dqc.available()[1], preset=args.preset, chunk=args.chunk, variant=args.variant, peak_bytes_per_s=PEAK,

@@ -162,6 +162,32 @@ def test_attention_fast_matches_reference(rng: np.random.Generator, cfg: tuple, 
         assert _rel(out[s], ref) <= 1e-3, (s, _rel(out[s], ref))
 
 
+@pytest.mark.parametrize("cfg", ATTN_CONFIGS, ids=lambda c: c[0])
+def test_attention_int8_and_fp16_kernels(rng: np.random.Generator, cfg: tuple) -> None:
+    """GQA <= 4 runs on either fast kernel (int8 by default, fp16 subnormals on request): both
+    match the reference and each other; the int8 kernel refuses GQA > 4."""
+    n_head, nkv, hd = 16, 4, 128
+    ok, ov = _opts(4, cfg[1]), _opts(4, cfg[2])
+    lens = [128 * 6 + 50, 128 * 3, 40, 128 * 2 + 1]
+    b = _batch(rng, lens, nkv, hd, ok, ov)
+    q = torch.from_numpy(rng.standard_normal((len(lens), n_head, hd)).astype(np.float32)).cuda()
+    outs = {}
+    for variant in ("default", "int8", "subnormal"):
+        call = dqc.prepare_attention(q, b["kb"], b["vb"], b["table"], ok, ov, k_res=b["kres"], v_res=b["vres"],
+                                     path="fast", variant=variant)
+        outs[variant] = call().cpu().numpy()[:, 0]
+    assert np.array_equal(outs["default"], outs["int8"])
+    qn = q.cpu().numpy()
+    for s in range(len(lens)):
+        ref = R.attention_dense(qn[s][None], b["kfull"][s], b["vfull"][s])[0]
+        errs = {v: _rel(outs[v][s], ref) for v in ("int8", "subnormal")}
+        assert max(errs.values()) <= 1e-3, (s, errs)
+    b6 = _batch(rng, [128], 1, hd, ok, ov)
+    q6 = torch.zeros((1, 6, hd), device="cuda")
+    with pytest.raises(RuntimeError, match="unsupported"):
+        dqc.attention(q6, b6["kb"], b6["vb"], b6["table"], ok, ov, path="fast", variant="int8")
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("cfg", [dict(preset="paper"), dict(preset="default"), dict(scale="row", asym=True),
                                  dict(scope="head"), dict(scale="channel", scope="head", asym=False)],

@@ -21,6 +21,8 @@
 //     (codes transposed by ldmatrix.trans, V's token scales folded into p);
 //   - A-space to output once per unit: out[head][16r + j] += A[head][16r + i] B_v[i][j], again on
 //     the tensor cores (A-space split into fp16 hi + lo).
+// GQA <= 4 takes the int8 variant of the fast path instead (dq_cuda_attn_i8.cuh: integer
+// tensor-core products, about half the instructions per byte).
 // Generic path (all formats, causal prefill, any shape): one CTA per (sequence, query row,
 // KV head, split), tiles of 32 tokens dequantized into shared memory, fp32 throughout, and a
 // merge kernel. It is the fallback and the cross-check; it is not tuned.
@@ -169,6 +171,100 @@ __device__ __forceinline__ void issue_unit(const FastArgs & a, uint8_t * dst, in
         }
     }
     cp_commit();
+}
+
+// The CTA's warps have written their (max, sum) to hv and their outputs to slot[0]: merge them
+// into this split's partial; the last CTA of a (sequence, KV head) then merges the splits.
+template <int NH, int W, typename WS>
+__device__ __forceinline__ void merge_splits(const FastArgs & a, WS * all, int seq, int kvh, int split, int grp,
+                                             int * s_last_p, float * mbase) {
+    int & s_last = *s_last_p;
+    const int64_t row = (int64_t) seq * a.nkv + kvh;
+    float * wo = a.ws_o + (row * a.ns + split) * NH * HD;
+    float2 * wml = a.ws_ml + (row * a.ns + split) * NH;
+    for (int i = threadIdx.x; i < grp * HD; i += W * 32) {
+        const int h = i / HD, c = i % HD;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < W; w++) {
+            M = fmaxf(M, all[w].hv[HM][h]);
+        }
+        float o = 0.0f, L = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < W; w++) {
+                const float mw = all[w].hv[HM][h];
+                if (mw != -INFINITY) {
+                    const float f = fexp2(mw - M);
+                    o = fmaf(f, reinterpret_cast<const float *>(all[w].slot[0])[h * HD + c], o);
+                    L = fmaf(f, all[w].hv[HL][h], L);
+                }
+            }
+        }
+        wo[h * HD + c] = o;
+        if (c == 0) {
+            wml[h] = make_float2(M, L);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int prev = atomicAdd(a.cnt + row, 1);
+        s_last = prev == a.ns - 1;
+    }
+    __syncthreads();
+    if (!s_last) {
+        return;
+    }
+    __threadfence();
+    // the last CTA merges the splits: all (max, sum) pairs at once into shared memory, then
+    // each thread four channels of a head with 16-byte loads
+    float * mlm = mbase;   // [ns][NH] max, then sums, weights (4 KB, free once the warps' outputs are read)
+    float * mll = mlm + MAX_SPLIT * NH;
+    float * wgt = mll + MAX_SPLIT * NH;
+    float * ltot = wgt + MAX_SPLIT * NH;
+    const float2 * mlb = a.ws_ml + row * a.ns * NH;
+    for (int i = threadIdx.x; i < a.ns * NH; i += W * 32) {
+        const float2 ml = __ldcg(&mlb[i]);
+        mlm[i] = ml.x;
+        mll[i] = ml.y;
+    }
+    __syncthreads();
+    for (int h = threadIdx.x; h < grp; h += W * 32) {
+        float M = -INFINITY;
+        for (int s = 0; s < a.ns; s++) {
+            M = fmaxf(M, mlm[s * NH + h]);
+        }
+        float L = 0.0f;
+        for (int s = 0; s < a.ns; s++) {
+            const float m = mlm[s * NH + h];
+            const float f = m == -INFINITY ? 0.0f : fexp2(m - M);
+            wgt[s * NH + h] = f;
+            L = fmaf(f, mll[s * NH + h], L);
+        }
+        ltot[h] = L;
+    }
+    __syncthreads();
+    const float4 * ob = reinterpret_cast<const float4 *>(a.ws_o + row * a.ns * NH * HD);
+    for (int i = threadIdx.x; i < grp * (HD / 4); i += W * 32) {
+        const int h = i / (HD / 4), c4 = i % (HD / 4);
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
+        for (int s = 0; s < a.ns; s++) {
+            const float w = wgt[s * NH + h];
+            const float4 v = __ldcg(ob + ((int64_t) s * NH + h) * (HD / 4) + c4);
+            o.x = fmaf(w, v.x, o.x);
+            o.y = fmaf(w, v.y, o.y);
+            o.z = fmaf(w, v.z, o.z);
+            o.w = fmaf(w, v.w, o.w);
+        }
+        const float L = ltot[h], inv = L > 0.0f ? 1.0f / L : 0.0f;
+        reinterpret_cast<float4 *>(a.out + ((int64_t) seq * a.n_head + kvh * grp + h) * HD)[c4] =
+            make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
+    }
+    if (threadIdx.x == 0) {
+        a.cnt[row] = 0;
+    }
 }
 
 template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32, 3) k_attn_fast(const FastArgs a) {
@@ -691,93 +787,10 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
         }
     }
     __syncthreads();
-    const int64_t row = (int64_t) seq * a.nkv + kvh;
-    float * wo = a.ws_o + (row * a.ns + split) * NH * HD;
-    float2 * wml = a.ws_ml + (row * a.ns + split) * NH;
-    for (int i = threadIdx.x; i < grp * HD; i += FW * 32) {
-        const int h = i / HD, c = i % HD;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < FW; w++) {
-            M = fmaxf(M, all[w].hv[HM][h]);
-        }
-        float o = 0.0f, L = 0.0f;
-        if (M != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < FW; w++) {
-                const float mw = all[w].hv[HM][h];
-                if (mw != -INFINITY) {
-                    const float f = fexp2(mw - M);
-                    o = fmaf(f, reinterpret_cast<const float *>(all[w].slot[0])[h * HD + c], o);
-                    L = fmaf(f, all[w].hv[HL][h], L);
-                }
-            }
-        }
-        wo[h * HD + c] = o;
-        if (c == 0) {
-            wml[h] = make_float2(M, L);
-        }
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const int prev = atomicAdd(a.cnt + row, 1);
-        s_last = prev == a.ns - 1;
-    }
-    __syncthreads();
-    if (!s_last) {
-        return;
-    }
-    __threadfence();
-    // the last CTA merges the splits: all (max, sum) pairs at once into shared memory, then
-    // each thread four channels of a head with 16-byte loads
-    float * mlm = reinterpret_cast<float *>(all[0].slot[1]);   // [ns][NH] max, then sums, weights
-    float * mll = mlm + MAX_SPLIT * NH;
-    float * wgt = mll + MAX_SPLIT * NH;
-    float * ltot = wgt + MAX_SPLIT * NH;
-    const float2 * mlb = a.ws_ml + row * a.ns * NH;
-    for (int i = threadIdx.x; i < a.ns * NH; i += FW * 32) {
-        const float2 ml = __ldcg(&mlb[i]);
-        mlm[i] = ml.x;
-        mll[i] = ml.y;
-    }
-    __syncthreads();
-    for (int h = threadIdx.x; h < grp; h += FW * 32) {
-        float M = -INFINITY;
-        for (int s = 0; s < a.ns; s++) {
-            M = fmaxf(M, mlm[s * NH + h]);
-        }
-        float L = 0.0f;
-        for (int s = 0; s < a.ns; s++) {
-            const float m = mlm[s * NH + h];
-            const float f = m == -INFINITY ? 0.0f : fexp2(m - M);
-            wgt[s * NH + h] = f;
-            L = fmaf(f, mll[s * NH + h], L);
-        }
-        ltot[h] = L;
-    }
-    __syncthreads();
-    const float4 * ob = reinterpret_cast<const float4 *>(a.ws_o + row * a.ns * NH * HD);
-    for (int i = threadIdx.x; i < grp * (HD / 4); i += FW * 32) {
-        const int h = i / (HD / 4), c4 = i % (HD / 4);
-        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 16
-        for (int s = 0; s < a.ns; s++) {
-            const float w = wgt[s * NH + h];
-            const float4 v = __ldcg(ob + ((int64_t) s * NH + h) * (HD / 4) + c4);
-            o.x = fmaf(w, v.x, o.x);
-            o.y = fmaf(w, v.y, o.y);
-            o.z = fmaf(w, v.z, o.z);
-            o.w = fmaf(w, v.w, o.w);
-        }
-        const float L = ltot[h], inv = L > 0.0f ? 1.0f / L : 0.0f;
-        reinterpret_cast<float4 *>(a.out + ((int64_t) seq * a.n_head + kvh * grp + h) * HD)[c4] =
-            make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
-    }
-    if (threadIdx.x == 0) {
-        a.cnt[row] = 0;
-    }
+    merge_splits<NH, FW, WS>(a, all, seq, kvh, split, grp, &s_last, reinterpret_cast<float *>(all[0].slot[1]));
 }
+
+#include "dq_cuda_attn_i8.cuh"
 
 // ====================================================================== generic path
 
@@ -1067,8 +1080,8 @@ int check(const dq_cuda_attn_params * p) {
 bool fast_ok(const dq_cuda_attn_params * p) {
     const int grp = p->n_head / p->cfg_k->n_kv_heads;
     const int units = p->chunk / SU;
-    return p->n_q == 1 && !p->q_pos && p->chunk % SU == 0 && (units & (units - 1)) == 0 && grp <= 8 &&
-           p->variant != 1 && side_fast(p->cfg_k) && side_fast(p->cfg_v);
+    return p->n_q == 1 && !p->q_pos && p->chunk % SU == 0 && (units & (units - 1)) == 0 &&
+           grp <= (p->variant == 1 ? I8_NH : 8) && side_fast(p->cfg_k) && side_fast(p->cfg_v);
 }
 
 int choose_path(const dq_cuda_attn_params * p) {
@@ -1089,14 +1102,17 @@ template <int NH> size_t fast_smem() {
     return FW * sizeof(WarpSmem<NH>) + NH * HD * sizeof(float) + NH * 128 * sizeof(uint32_t);
 }
 
-template <int NH, bool KCH, bool VCH> int fast_occupancy(int * per_sm) {
+size_t i8_smem() { return FWI * sizeof(WarpSmemI8) + I8_NH * HD * sizeof(float) + I8_NH * 128 * sizeof(uint32_t); }
+
+// Kernel -> (dynamic shared memory set, CTAs per SM), once per instantiation.
+template <int NH, bool KCH, bool VCH, bool I8> int fast_occupancy(int * per_sm) {
     static int cached = 0;
     if (!cached) {
-        const size_t sm = fast_smem<NH>();
-        DQ_CUDA_TRY(cudaFuncSetAttribute(k_attn_fast<NH, KCH, VCH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sm),
+        const size_t sm = I8 ? i8_smem() : fast_smem<NH>();
+        const void * fn = I8 ? (const void *) k_attn_i8<KCH, VCH> : (const void *) k_attn_fast<NH, KCH, VCH>;
+        DQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sm),
                     "cudaFuncSetAttribute");
-        DQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&cached, k_attn_fast<NH, KCH, VCH>, FW * 32, sm),
-                    "cudaOccupancy");
+        DQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&cached, fn, (I8 ? FWI : FW) * 32, sm), "cudaOccupancy");
         if (cached < 1) {
             cached = 1;
         }
@@ -1140,7 +1156,7 @@ int choose_splits(int64_t rows, int units, int slots, int warps) {
 }
 
 struct Plan {
-    int path, nh, kch, vch, ns, grp, nsub;
+    int path, nh, kch, vch, i8, ns, grp, nsub;
     size_t off_ml, off_o, total, smem;
 };
 
@@ -1166,29 +1182,35 @@ int make_plan(const dq_cuda_attn_params * p, Plan & pl) {
         pl.nh = pl.grp <= 4 ? 4 : 8;
         pl.kch = p->cfg_k->scale_mode == DQ_SCALE_CHANNEL;
         pl.vch = p->cfg_v->scale_mode == DQ_SCALE_CHANNEL;
+        pl.i8 = pl.grp <= I8_NH && p->variant != 2;
         pl.nsub = p->chunk / SU;
         int per_sm = 1;
-        switch ((pl.nh == 8) * 4 + pl.kch * 2 + pl.vch) {
-            case 0: st = fast_occupancy<4, false, false>(&per_sm); break;
-            case 1: st = fast_occupancy<4, false, true>(&per_sm); break;
-            case 2: st = fast_occupancy<4, true, false>(&per_sm); break;
-            case 3: st = fast_occupancy<4, true, true>(&per_sm); break;
-            case 4: st = fast_occupancy<8, false, false>(&per_sm); break;
-            case 5: st = fast_occupancy<8, false, true>(&per_sm); break;
-            case 6: st = fast_occupancy<8, true, false>(&per_sm); break;
-            default: st = fast_occupancy<8, true, true>(&per_sm); break;
+        switch (pl.i8 * 8 + (pl.nh == 8) * 4 + pl.kch * 2 + pl.vch) {
+            case 0: st = fast_occupancy<4, false, false, false>(&per_sm); break;
+            case 1: st = fast_occupancy<4, false, true, false>(&per_sm); break;
+            case 2: st = fast_occupancy<4, true, false, false>(&per_sm); break;
+            case 3: st = fast_occupancy<4, true, true, false>(&per_sm); break;
+            case 4: st = fast_occupancy<8, false, false, false>(&per_sm); break;
+            case 5: st = fast_occupancy<8, false, true, false>(&per_sm); break;
+            case 6: st = fast_occupancy<8, true, false, false>(&per_sm); break;
+            case 7: st = fast_occupancy<8, true, true, false>(&per_sm); break;
+            case 8: st = fast_occupancy<4, false, false, true>(&per_sm); break;
+            case 9: st = fast_occupancy<4, false, true, true>(&per_sm); break;
+            case 10: st = fast_occupancy<4, true, false, true>(&per_sm); break;
+            default: st = fast_occupancy<4, true, true, true>(&per_sm); break;
         }
-        pl.smem = pl.nh == 4 ? fast_smem<4>() : fast_smem<8>();
+        pl.smem = pl.i8 ? i8_smem() : pl.nh == 4 ? fast_smem<4>() : fast_smem<8>();
         if (st != DQ_OK) {
             return st;
         }
         const int units = p->max_blocks * pl.nsub + (p->max_res + RP - 1) / RP;
-        pl.ns = p->n_split ? p->n_split : choose_splits((int64_t) p->n_seq * nkv, units > 0 ? units : 1, di.sms * per_sm, FW);
+        pl.ns = p->n_split ? p->n_split : choose_splits((int64_t) p->n_seq * nkv, units > 0 ? units : 1, di.sms * per_sm,
+                                                         pl.i8 ? FWI : FW);
         pl.off_ml = dq_cuda_align((size_t) cnt_bytes, 256);
         pl.off_o = pl.off_ml + dq_cuda_align((size_t) p->n_seq * nkv * pl.ns * pl.nh * sizeof(float2), 256);
         pl.total = pl.off_o + (size_t) p->n_seq * nkv * pl.ns * pl.nh * HD * sizeof(float);
     } else {
-        pl.nh = pl.kch = pl.vch = 0;
+        pl.nh = pl.kch = pl.vch = pl.i8 = 0;
         pl.nsub = 1;
         pl.smem = gen_smem(pl.grp, hd);
         if (pl.smem > 200 * 1024) {
@@ -1247,9 +1269,14 @@ GSide gen_side(const dq_config * c, int chunk) {
     return s;
 }
 
-template <int NH, bool KCH, bool VCH> int launch_fast(const FastArgs & fa, const Plan & pl, dim3 grid, cudaStream_t st) {
-    k_attn_fast<NH, KCH, VCH><<<grid, FW * 32, pl.smem, st>>>(fa);
-    DQ_CUDA_TRY(cudaGetLastError(), "k_attn_fast");
+template <int NH, bool KCH, bool VCH, bool I8>
+int launch_fast(const FastArgs & fa, const Plan & pl, dim3 grid, cudaStream_t st) {
+    if (I8) {
+        k_attn_i8<KCH, VCH><<<grid, FWI * 32, pl.smem, st>>>(fa);
+    } else {
+        k_attn_fast<NH, KCH, VCH><<<grid, FW * 32, pl.smem, st>>>(fa);
+    }
+    DQ_CUDA_TRY(cudaGetLastError(), I8 ? "k_attn_i8" : "k_attn_fast");
     return DQ_OK;
 }
 
@@ -1325,15 +1352,19 @@ extern "C" int dq_cuda_attn(const dq_cuda_attn_params * p, dq_cuda_stream stream
         fa.ws_ml = (float2 *) (work + pl.off_ml);
         fa.ws_o = (float *) (work + pl.off_o);
         const dim3 grid(pl.ns, nkv, p->n_seq);
-        switch ((pl.nh == 8) * 4 + pl.kch * 2 + pl.vch) {
-            case 0: return launch_fast<4, false, false>(fa, pl, grid, cs);
-            case 1: return launch_fast<4, false, true>(fa, pl, grid, cs);
-            case 2: return launch_fast<4, true, false>(fa, pl, grid, cs);
-            case 3: return launch_fast<4, true, true>(fa, pl, grid, cs);
-            case 4: return launch_fast<8, false, false>(fa, pl, grid, cs);
-            case 5: return launch_fast<8, false, true>(fa, pl, grid, cs);
-            case 6: return launch_fast<8, true, false>(fa, pl, grid, cs);
-            default: return launch_fast<8, true, true>(fa, pl, grid, cs);
+        switch (pl.i8 * 8 + (pl.nh == 8) * 4 + pl.kch * 2 + pl.vch) {
+            case 0: return launch_fast<4, false, false, false>(fa, pl, grid, cs);
+            case 1: return launch_fast<4, false, true, false>(fa, pl, grid, cs);
+            case 2: return launch_fast<4, true, false, false>(fa, pl, grid, cs);
+            case 3: return launch_fast<4, true, true, false>(fa, pl, grid, cs);
+            case 4: return launch_fast<8, false, false, false>(fa, pl, grid, cs);
+            case 5: return launch_fast<8, false, true, false>(fa, pl, grid, cs);
+            case 6: return launch_fast<8, true, false, false>(fa, pl, grid, cs);
+            case 7: return launch_fast<8, true, true, false>(fa, pl, grid, cs);
+            case 8: return launch_fast<4, false, false, true>(fa, pl, grid, cs);
+            case 9: return launch_fast<4, false, true, true>(fa, pl, grid, cs);
+            case 10: return launch_fast<4, true, false, true>(fa, pl, grid, cs);
+            default: return launch_fast<4, true, true, true>(fa, pl, grid, cs);
         }
     }
     GenArgs ga;

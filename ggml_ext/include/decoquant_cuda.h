@@ -78,8 +78,8 @@ typedef struct dq_cuda_attn_params {
 
 // The fast path (tensor cores): n_q == 1, no mask, 4-bit K and V, head_dim 128, chunk 128 * 2^k,
 // token scales with one group (scope layer) or channel scales, up to 8 query heads per KV head
-// (int8 kernel: up to 4, exact integer sums of a 15-bit q~ and 15-bit fixed-point weights; fp16
-// kernel: codes as fp16 subnormals, ~22-bit q~ and fp16 weights).
+// (int8 kernel: up to 4, exact integer sums of a 15-bit q~ (23-bit with channel scales) and
+// 15-bit fixed-point weights; fp16 kernel: codes as fp16 subnormals, ~22-bit q~, fp16 weights).
 // Everything else (and path = 2) runs the generic fp32 kernel: any bits, scales, scope, head_dim,
 // chunk and GQA whose shared memory (about 16*grp*head_dim + 256*head_dim bytes) fits in 200 KB,
 // and causal prefill (q_pos).

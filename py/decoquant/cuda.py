@@ -57,7 +57,7 @@ SCOPE = {"layer": 0, "head": 1}
 STATUS = {1: "invalid argument", 2: "input contains NaN or Inf", 3: "out of memory", 10: "CUDA error",
           11: "unsupported shape"}
 PATHS = {"auto": 0, "fast": 1, "generic": 2}
-VARIANTS = {"default": 0, "subnormal": 2}  # the fast path unpacks codes as fp16 subnormals
+VARIANTS = {"default": 0, "int8": 1, "subnormal": 2}  # fast path: int8 tensor cores (GQA <= 4) or fp16 subnormals
 
 
 class CudaUnavailable(RuntimeError):
@@ -223,6 +223,9 @@ def prepare_attention(q: Any, k_blocks: Any, v_blocks: Any, block_table: Sequenc
     at the positions after the blocks. q_pos: int32 [n_seq, n_q] positions for a causal mask.
     """
     ffi, lib, torch = _load()
+    if path not in PATHS or variant not in VARIANTS:
+        raise ValueError(f"path must be one of {sorted(PATHS)} and variant one of {sorted(VARIANTS)}, "
+                         f"got {path!r}, {variant!r}")
     dev = q.device
     if q.dim() == 3:
         q = q.unsqueeze(1)
