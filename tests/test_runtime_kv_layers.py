@@ -14,8 +14,8 @@ pytest.importorskip("gguf")
 
 import _tiny_models as tm  # noqa: E402
 from decoquant import Engine, EngineError, reference  # noqa: E402
-from decoquant.engine import kv_bytes  # noqa: E402
 from decoquant._lib import ffi, lib  # noqa: E402
+from decoquant.engine import kv_bytes  # noqa: E402
 
 N_CTX, UB, T = 1024, 16, 700  # f16 ring: 512 rows (< n_ctx); decoquant ring: 3 block slots of 16
 DQ = dict(kv_cache="decoquant", chunk=16, sinks=2)
