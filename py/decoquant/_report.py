@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import sys
@@ -24,6 +25,14 @@ def sha256(path: str | os.PathLike) -> str:
                 h.update(block)
         _SHA[key] = h.hexdigest()
     return _SHA[key]
+
+
+def print_and_save(rep: dict[str, Any], table: str, json_path: str | os.PathLike | None) -> None:
+    """The Markdown table to stdout; every number as JSON to json_path (if given)."""
+    print(table)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rep, indent=1) + "\n")
 
 
 def versions() -> dict[str, str]:

@@ -345,10 +345,7 @@ def _cmd(args: argparse.Namespace) -> int:
     else:
         rep = run(args.model, args.kv or DEFAULT_KV, args.contexts, args.decode, args.repeats, args.threads,
                   args.text, progress=not args.no_progress)
-    print(markdown(rep))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rep, indent=1) + "\n")
+    _report.print_and_save(rep, markdown(rep), args.json)
     return 0
 
 

@@ -18,14 +18,12 @@ Our f16 cache with attn=None runs ggml's flash attention: its logits are bit-ide
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -223,10 +221,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     rep = run(args.model, args.text, args.ctx, args.chunks, args.kv, args.ref, args.threads, args.doc,
               progress=not args.no_progress)
-    print(markdown(rep))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rep, indent=1) + "\n")
+    _report.print_and_save(rep, markdown(rep), args.json)
     return 0
 
 
