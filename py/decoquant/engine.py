@@ -150,6 +150,13 @@ def kv_bytes(model_path: str | os.PathLike, n_ctx: int, n_batch: int = 512, n_ub
     return n
 
 
+def model_info(model_path: str | os.PathLike) -> dict[str, object]:
+    """The GGUF's architecture and shapes, as the runtime reads them (loaded without repacking)."""
+    _, info = _model_for_sizes(os.fspath(model_path))
+    return {"arch": ffi.string(info.arch).decode(), **{k: int(getattr(info, k)) for k in (
+        "n_vocab", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_swa")}}
+
+
 @functools.cache
 def _model_for_sizes(path: str) -> tuple[object, object]:
     # the weights stay in the mapping (no repacked copies): only the shapes are read

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from .cli import add_model_args
 
@@ -65,28 +64,25 @@ def _path(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from . import reference
     from .cli import model_path
-    from .engine import Engine
+    from .engine import kv_bytes, model_info
 
     path = model_path(args)
     if args.ctx < 0:
         raise ValueError(f"--ctx must be >= 0, got {args.ctx}")
-    # no forward pass here: keep the weights in the file mapping (repacking them takes seconds per engine)
-    os.environ["DQ_NO_REPACK"] = "1"
+    m = model_info(path)  # no forward pass here: sizes from the runtime, nothing allocated
+    print(f"model: {path}")
+    swa = f", sliding window {m['n_swa']}" if m["n_swa"] else ""
+    print(f"arch: {m['arch']}   layers: {m['n_layer']}   heads: {m['n_head']} (KV heads: {m['n_head_kv']})   "
+          f"head_dim: {m['head_dim']}   n_embd: {m['n_embd']}   vocab: {m['n_vocab']}   "
+          f"n_ctx_train: {m['n_ctx_train']}{swa}")
+    n_ctx = args.ctx or int(m["n_ctx_train"])
     # the batch sizes decoquant.Llama uses: sliding-window layers keep window + n_ubatch tokens
-    batch = min(args.ctx, 512) if args.ctx else 512
+    batch = min(n_ctx, 512)
     caches = [("f16", "f16", 4)] + [(f"decoquant {b}-bit", "decoquant", b) for b in reference.BITS]
     rows = []
     for label, kv, bits in caches:
-        with Engine(path, n_ctx=args.ctx, n_batch=batch, n_ubatch=batch, n_threads=1, kv_cache=kv,
-                    kv_bits_k=bits, kv_bits_v=bits) as e:
-            rows.append((label, e.kv_bytes_per_token, e.kv_bytes))
-            if kv == "f16":
-                print(f"model: {path}")
-                swa = f", sliding window {e.n_swa}" if e.n_swa else ""
-                print(f"arch: {e.arch}   layers: {e.n_layer}   heads: {e.n_head} (KV heads: {e.n_head_kv})   "
-                      f"head_dim: {e.head_dim}   n_embd: {e.n_embd}   vocab: {e.n_vocab}   "
-                      f"n_ctx_train: {e.n_ctx_train}{swa}")
-                n_ctx = e.n_ctx
+        total = kv_bytes(path, n_ctx, n_batch=batch, n_ubatch=batch, kv_cache=kv, kv_bits_k=bits, kv_bits_v=bits)
+        rows.append((label, total / n_ctx, total))
     print(f"\nKV cache for n_ctx = {n_ctx}:")
     print(f"{'cache':<16} {'bytes/token':>12} {'total':>12} {'f16/this':>8}")
     f16_total = rows[0][2]
