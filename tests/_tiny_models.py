@@ -64,7 +64,9 @@ def make_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_gguf(path: Path, arch: str, seed: int = 0, arch_name: str | None = None,
-               drop: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+               drop: tuple[str, ...] = (), extra_kv: Callable[[object], None] | None = None
+               ) -> dict[str, np.ndarray]:
+    """extra_kv(writer) adds metadata (e.g. a vocabulary) after the architecture's."""
     import gguf
 
     s = SHAPES[arch]
@@ -82,6 +84,8 @@ def write_gguf(path: Path, arch: str, seed: int = 0, arch_name: str | None = Non
         wr.add_uint32(f"{name}.attention.key_length", s["head_dim"])
         wr.add_uint32(f"{name}.attention.value_length", s["head_dim"])
         wr.add_uint32(f"{name}.attention.sliding_window", GEMMA_WINDOW)
+    if extra_kv is not None:
+        extra_kv(wr)
     weights = make_weights(arch, seed)
     for k, v in weights.items():
         if k not in drop:
