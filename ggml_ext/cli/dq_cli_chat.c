@@ -52,17 +52,10 @@ static void print_tokens(const int32_t * t, int32_t n) {
     fprintf(stderr, "\n");
 }
 
-// Formats the conversation (ending with a user message), feeds it and streams the answer to
-// stdout. The answer joins the conversation; the user message is dropped if it did not fit.
-static int chat_turn(dq_cli_session * s, const dq_cli_params * p, const char * tmpl, dq_cli_chat * c,
-                     char * err, size_t es) {
-    char * text = dq_cli_apply_template(s, tmpl, c->msgs, c->n, err, es);
-    if (!text) {
-        return DQ_CLI_ERROR;
-    }
+// Tokenizes text (with BOS where the vocab adds one) and evaluates it after the cached prefix.
+static int feed_text(dq_cli_session * s, const dq_cli_params * p, const char * text, char * err, size_t es) {
     int32_t * toks = NULL, n = 0;
     int rc = dq_cli_tokenize(s, text, 1, &toks, &n, err, es);
-    free(text);
     if (rc != DQ_CLI_OK) {
         return rc;
     }
@@ -71,6 +64,19 @@ static int chat_turn(dq_cli_session * s, const dq_cli_params * p, const char * t
     }
     rc = dq_cli_feed(s, toks, n, err, es);
     free(toks);
+    return rc;
+}
+
+// Formats the conversation (ending with a user message), feeds it and streams the answer to
+// stdout. The answer joins the conversation; the user message is dropped if it did not fit.
+static int chat_turn(dq_cli_session * s, const dq_cli_params * p, const char * tmpl, dq_cli_chat * c,
+                     char * err, size_t es) {
+    char * text = dq_cli_apply_template(s, tmpl, c->msgs, c->n, err, es);
+    if (!text) {
+        return DQ_CLI_ERROR;
+    }
+    int rc = feed_text(s, p, text, err, es);
+    free(text);
     if (rc != DQ_CLI_OK) {
         if (rc == DQ_CLI_CTX_FULL) {
             chat_pop(c);
@@ -93,7 +99,8 @@ static int chat_turn(dq_cli_session * s, const dq_cli_params * p, const char * t
 int dq_cli_run_single(dq_cli_session * s, const dq_cli_params * p, const char * tmpl, char * err, size_t es) {
     dq_cli_chat c = { 0 };
     int rc = DQ_CLI_OK;
-    if ((p->system && p->system[0] && chat_push(&c, "system", p->system) != 0) || chat_push(&c, "user", p->prompt) != 0) {
+    const int sys = p->system && p->system[0];
+    if ((sys && chat_push(&c, "system", p->system) != 0) || chat_push(&c, "user", p->prompt) != 0) {
         snprintf(err, es, "out of memory");
         rc = DQ_CLI_ERROR;
     } else {
@@ -105,16 +112,7 @@ int dq_cli_run_single(dq_cli_session * s, const dq_cli_params * p, const char * 
 }
 
 int dq_cli_run_raw(dq_cli_session * s, const dq_cli_params * p, char * err, size_t es) {
-    int32_t * toks = NULL, n = 0;
-    int rc = dq_cli_tokenize(s, p->prompt, 1, &toks, &n, err, es);
-    if (rc != DQ_CLI_OK) {
-        return rc;
-    }
-    if (p->verbose_prompt) {
-        print_tokens(toks, n);
-    }
-    rc = dq_cli_feed(s, toks, n, err, es);
-    free(toks);
+    int rc = feed_text(s, p, p->prompt, err, es);
     if (rc != DQ_CLI_OK) {
         return rc;
     }
