@@ -75,9 +75,11 @@ static void mask_fn(struct ggml_tensor * dst, int ith, int nth, void * ud) {
         uint16_t * row = (uint16_t *) ((char *) dst->data + (size_t) i * dst->nb[1]);
         const int32_t p = pos[i];
         const int32_t n_cols = op->n_kv < op->cap ? op->n_kv : op->cap;
+        // row j holds the newest position of its ring slot: base + j up to the last one written
+        // (row `last`), base - cap + j after it
+        const int32_t base = (op->n_kv - 1) / op->cap * op->cap, last = (op->n_kv - 1) % op->cap;
         for (int32_t j = 0; j < n_cols; j++) {
-            // the position held in row j: the newest one of its ring slot
-            const int32_t pj = j + op->cap * ((op->n_kv - 1 - j) / op->cap);
+            const int32_t pj = j <= last ? base + j : base - op->cap + j;
             const int vis = pj <= p && !(op->window > 0 && pj <= p - op->window);
             row[j] = vis ? 0 : ninf;
         }
