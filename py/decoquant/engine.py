@@ -81,7 +81,7 @@ def _layer_params(n_layer: int, bits_k: list[int], bits_v: list[int], f16_layers
     return pk, pv
 
 
-class _KVSpec:
+class _KVArgs:
     """The KV kwargs of Engine, checked; params() builds the C context params."""
 
     def __init__(self, kv_cache: str, kv_bits_k: int | Sequence[int], kv_bits_v: int | Sequence[int], preset: str,
@@ -139,7 +139,7 @@ def kv_bytes(model_path: str | os.PathLike, n_ctx: int, n_batch: int = 512, n_ub
              **kv_options: object) -> int:
     """The KV bytes Engine(model_path, n_ctx, ...) would allocate, computed by the runtime without allocating
     (sliding-window rings included). Loads the GGUF without repacking its weights."""
-    spec = _KVSpec(kv_cache, kv_bits_k, kv_bits_v, preset, kv_f16_layers, kv_options)
+    spec = _KVArgs(kv_cache, kv_bits_k, kv_bits_v, preset, kv_f16_layers, kv_options)
     m, info = _model_for_sizes(os.fspath(model_path))
     p, keep = spec.params(int(info.n_layer), n_ctx, n_batch, n_ubatch, swa_full)
     err = _err()
@@ -183,7 +183,7 @@ class Engine:
         """kv_bits_k / kv_bits_v: one value, or one per layer. kv_f16_layers: layers whose cache stays
         f16 under kv_cache="decoquant". swa_full: sliding-window layers keep all n_ctx tokens instead
         of a ring of window + n_ubatch."""
-        spec = _KVSpec(kv_cache, kv_bits_k, kv_bits_v, preset, kv_f16_layers, kv_options)
+        spec = _KVArgs(kv_cache, kv_bits_k, kv_bits_v, preset, kv_f16_layers, kv_options)
         if attn is None:  # f16: llama.cpp's own attention (bit-identical logits); decoquant: dq_attn
             attn = "ggml" if kv_cache == "f16" else "dq"
         if attn not in ("dq", "ggml"):
