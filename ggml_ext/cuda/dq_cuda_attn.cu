@@ -1330,8 +1330,9 @@ extern "C" int dq_cuda_attn(const dq_cuda_attn_params * p, dq_cuda_stream stream
         FastArgs fa;
         fa.q = p->q;
         fa.cscale = p->scale * LOG2E;
-        fa.kb = p->k_blocks;
-        fa.vb = p->v_blocks;
+        // with no blocks, a readable dummy table (the int8 kernel loads block pointers unpredicated)
+        fa.kb = p->k_blocks ? p->k_blocks : (const void * const *) work;
+        fa.vb = p->v_blocks ? p->v_blocks : (const void * const *) work;
         fa.blk_start = p->blk_start;
         fa.kres = p->k_res;
         fa.vres = p->v_res;

@@ -19,11 +19,13 @@
 // Every lane has a head: rows g = 2h and 2h + 1 hold the same head (GQA 4 fills 8 of 16 rows);
 // the duplicate lanes also make the two digit columns of the V product's B operand.
 // Data: each warp owns a K slot and a V slot. K comes in with bulk (TMA) copies on an mbarrier,
-// unswizzled (the score loads are conflict-free as they are); V with 16-byte cp.async, swizzled
-// for ldmatrix.trans. The next unit's K is issued as soon as the scores are in registers, its V
-// before this unit's A-space epilogue (B_v and the V channel scales are read out first); block
-// pointers are loaded a unit ahead. About 1950 warp instructions per unit (16.9 KB), 0.115 per
-// byte, against 0.213 for the fp16 kernel.
+// issued by one lane (unswizzled: the score loads are conflict-free as they are); V with 16-byte
+// cp.async, swizzled for ldmatrix.trans. The next unit's K is issued as soon as the scores are in
+// registers, its V before this unit's A-space epilogue (B_v and the V channel scales are read out
+// first); block pointers are loaded a unit ahead, and q before the first copies. Warps take units
+// round robin (statically: the result does not depend on timing), in pairs for 256-token blocks.
+// About 1950 warp instructions per unit (16.9 KB), 0.115 per byte, against 0.213 for the fp16
+// kernel.
 
 constexpr int I8_NH = 4;
 constexpr int I8_ASB = 32 * 48 + 4 * 32;   // bytes of one A-space buffer: row 8h + r at 48 row + 32 (row / 8)
@@ -64,9 +66,14 @@ __device__ __forceinline__ float sel4(const float (&v)[I8_NH], int h) {
     return h == 0 ? v[0] : h == 1 ? v[1] : h == 2 ? v[2] : v[3];
 }
 
-// Block pointer of unit u (K or V), NULL past the blocks: loaded a unit ahead of its use.
-__device__ __forceinline__ const uint8_t * unit_ptr(const FastArgs & a, int which, int u, int u1, int b0, int nbu) {
-    return u < u1 && u < nbu ? (const uint8_t *) (which ? a.vb : a.kb)[b0 + (u >> a.lsub)] : nullptr;
+// Block pointer of unit u (K or V), loaded a unit ahead of its use. The index is clamped to the
+// table instead of the load being predicated: a predicated load makes the compiler wait for it
+// at once (8 % of the time). Past the blocks the pointer is never dereferenced (the issue
+// functions check u), and with no blocks at all the host passes a readable dummy table.
+__device__ __forceinline__ const uint8_t * unit_ptr(const FastArgs & a, int which, int u, int b0, int nbu) {
+    const int last = nbu > 0 ? b0 + ((nbu - 1) >> a.lsub) : (b0 > 0 ? b0 - 1 : 0);
+    const int bi = min(b0 + (max(u, 0) >> a.lsub), last);
+    return (const uint8_t *) (which ? a.vb : a.kb)[bi];
 }
 
 __device__ __forceinline__ void mbar_init(uint64_t * bar) {
@@ -100,18 +107,14 @@ __device__ __forceinline__ void issue_k_bulk(const FastArgs & a, uint8_t * dst, 
     const Side & s = a.k;
     const int sub = u & ((1 << a.lsub) - 1);
     const int poff = s.par_hstep ? 0 : sub * 2 * SU;
-    if (lane == 0) {
+    if (lane == 0) {  // one lane, straight-line: per-lane copies cost a divergent branch each
         mbar_expect(bar, 8192 + 512 + 256 + (s.asym ? 256 : 0));
-    }
-    __syncwarp();
-    if (lane == 0) {
         bulk_copy(dst, blk + s.codes + ((int64_t) kvh * a.chunk + sub * SU) * (HD / 2), 8192, bar);
-    } else if (lane == 1) {
         bulk_copy(dst + SLOT_B, blk + s.off_b + (s.bhead ? kvh * 512 : 0), 512, bar);
-    } else if (lane == 2) {
         bulk_copy(dst + SLOT_P, blk + s.off_par + (int64_t) kvh * s.par_hstep + poff, 256, bar);
-    } else if (lane == 3 && s.asym) {
-        bulk_copy(dst + SLOT_P + 256, blk + s.off_min + (int64_t) kvh * s.par_hstep + poff, 256, bar);
+        if (s.asym) {
+            bulk_copy(dst + SLOT_P + 256, blk + s.off_min + (int64_t) kvh * s.par_hstep + poff, 256, bar);
+        }
     }
     cp_commit();
 }
@@ -167,13 +170,28 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     uint32_t * qf = reinterpret_cast<uint32_t *>(q_s + NH * HD);            // [NH][2 part][2 reg][32 lanes]
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z, grp = a.grp;
     const unsigned FULL = 0xffffffffu;
+    // q first: loaded after the K/V copies it would queue behind them (12 % of the batch-1 time)
+    constexpr int QPT = (NH * HD + FWI * 32 - 1) / (FWI * 32);
+    float qreg[QPT];
+#pragma unroll
+    for (int k = 0; k < QPT; k++) {
+        const int i = threadIdx.x + k * FWI * 32, h = i / HD, c = i % HD;
+        qreg[k] = i < NH * HD && h < grp ? a.q[((int64_t) seq * a.n_head + kvh * grp + h) * HD + c] : 0.0f;
+    }
 
     const int b0 = a.blk_start[seq], nbu = (a.blk_start[seq + 1] - b0) << a.lsub;
     const int nres = a.res_len ? a.res_len[seq] : 0;
     const int U = nbu + (nres + RP - 1) / RP;
-    const int u0 = U * split / a.ns, u1 = U * (split + 1) / a.ns;
+    // Warps take units in groups of G, round robin; G = 2 for blocks of 256 or more tokens, so that
+    // a block's two units share q^ (2-3 % faster there; pairs of 128-token blocks ran 2 % slower).
+    // Splits fall on group boundaries.
+    const int G = a.lsub ? 2 : 1;
+    const int NG = (U + G - 1) / G;
+    const int u0 = G * (NG * split / a.ns), u1 = min(U, G * (NG * (split + 1) / a.ns));
     const int sw_issue = (lane >> 2) * 64 + (((lane & 3) ^ ((lane >> 3) & 3)) << 4);
-    int u = u0 + warp;
+    int u = u0 + G * warp;
+    // this warp's unit after uu: the next one of its group, else the first of its next group
+    auto next_unit = [&](int uu) -> int { return ((uu - u0) & (G - 1)) != G - 1 ? uu + 1 : uu - (G - 1) + G * FWI; };
     uint32_t kph = 0;  // parity of the K barrier's next phase
     if (lane == 0) {
         mbar_init(&ws.kbar);
@@ -187,14 +205,21 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             issue_i8(a, karea, blk, uu, u1, 0, seq, kvh, nbu, nres, lane, sw_issue);
         }
     };
-    issue_k(unit_ptr(a, 0, u, u1, b0, nbu), u);
-    issue_i8(a, ws.slot[1], unit_ptr(a, 1, u, u1, b0, nbu), u, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
-    // block pointers of the next unit: its copies are issued during this one
-    const uint8_t * pk1 = unit_ptr(a, 0, u + FWI, u1, b0, nbu), * pv1 = unit_ptr(a, 1, u + FWI, u1, b0, nbu);
-
-    for (int i = threadIdx.x; i < NH * HD; i += FWI * 32) {
-        const int h = i / HD, c = i % HD;
-        q_s[i] = h < grp ? a.q[((int64_t) seq * a.n_head + kvh * grp + h) * HD + c] * a.cscale : 0.0f;
+    // the pointers of this unit and the next before the first copy (the copies' memory clobbers
+    // would keep later loads behind them); the next unit's copies are issued during this one
+    int un = next_unit(u);
+    const uint8_t * pk1 = unit_ptr(a, 0, un, b0, nbu), * pv1 = unit_ptr(a, 1, un, b0, nbu);
+    {
+        const uint8_t * pk0 = unit_ptr(a, 0, u, b0, nbu), * pv0 = unit_ptr(a, 1, u, b0, nbu);
+        issue_k(pk0, u);
+        issue_i8(a, ws.slot[1], pv0, u, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+    }
+#pragma unroll
+    for (int k = 0; k < QPT; k++) {
+        const int i = threadIdx.x + k * FWI * 32;
+        if (i < NH * HD) {
+            q_s[i] = qreg[k] * a.cscale;
+        }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < NH * 4 * 32; i += FWI * 32) {
@@ -220,6 +245,9 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     const int zpk = a.k.asym ? 0 : 7, zpv = a.v.asym ? 0 : 7;
     const float wself = (g & 1) ? 65536.0f : 1.0f;                          // digit weight of this lane (D3)
 
+    float fk = 0.0f, cadd = 0.0f, q1f = 0.0f;  // q^ of block q_blk: scale, asym offset, digit sum
+    int q1s = 0, q_blk = -1;
+    uint4 A4[4];
     float m_run = -INFINITY, l_run = 0.0f;  // head hq (l_run: this lane's tokens; summed over t at the end)
     float out[MT2][2][4];                   // out[h][16r + j]: (h, r) = (2 mt + (e >> 1), g), j = 8 nt + 2t + (e & 1)
 #pragma unroll
@@ -230,8 +258,10 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
         }
     }
 
-    for (; u < u1; u += FWI) {
-        const int un = u + FWI;
+    while (u < u1) {
+        // the unit after the next one, and its pointers (used in the next iteration)
+        const int un2 = next_unit(un);
+        const uint8_t * pk2 = unit_ptr(a, 0, un2, b0, nbu), * pv2 = unit_ptr(a, 1, un2, b0, nbu);
         cp_wait<1>();  // this unit's K (its V may still be in flight)
         __syncwarp();
         const uint8_t * sk = karea;
@@ -240,10 +270,10 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             mbar_wait(&ws.kbar, kph);
             kph ^= 1u;
             // ------------------------------------------------ q~ = B_k q, then q^ as two int8 digits
-            float fk, cadd, q1f;
-            int q1s;
-            uint4 A4[4];
-            {
+            // (once per block: the second unit of a pair reuses them when it is in the same block)
+            const int blk_u = u >> a.lsub;
+            if (blk_u != q_blk) {
+                q_blk = blk_u;
                 uint32_t ab[4];
                 ldsm4(ab, sk + SLOT_B + (lr + 8 * (mi & 1)) * 32 + 16 * (mi >> 1));
                 float qt[NH][4];
@@ -267,6 +297,8 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
                 float fkh[NH], q2h[NH];
                 uint8_t * F = ws.scratch;
+                // only the exponent of max |q~| matters: the four heads' exponent bytes reduce together
+                uint32_t ex4 = 0;
 #pragma unroll
                 for (int h = 0; h < NH; h++) {
                     float am = 0.0f, q2 = 0.0f;
@@ -278,19 +310,30 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                         }
                         am = fmaxf(am, fabsf(qt[h][i]));
                     }
+                    ex4 |= (uint32_t) ((__float_as_int(am) >> 23) & 0xff) << (8 * h);
+                    q2h[h] = q2;
+                }
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    ex4 = __vmaxu4(ex4, __shfl_xor_sync(FULL, ex4, o));
+                }
+                if (KCH && a.k.asym) {
 #pragma unroll
                     for (int o = 1; o < 32; o <<= 1) {
-                        am = fmaxf(am, __shfl_xor_sync(FULL, am, o));
-                        if (KCH && a.k.asym) {
-                            q2 += __shfl_xor_sync(FULL, q2, o);
+#pragma unroll
+                        for (int h = 0; h < NH; h++) {
+                            q2h[h] += __shfl_xor_sync(FULL, q2h[h], o);
                         }
                     }
+                }
+#pragma unroll
+                for (int h = 0; h < NH; h++) {
                     // |q^| <= 0.99 * 2^15 (2^23 with three digits): the top digit stays in [-127, 127]
-                    int e = am > 0.0f ? (D3 ? 22 : 14) - ilog2f(am) : 0;
+                    const int exb = (ex4 >> (8 * h)) & 0xff;  // biased exponent of max |q~| (0: all zero)
+                    int e = exb ? (D3 ? 22 : 14) - (exb - 127) : 0;
                     e = e > 100 ? 100 : e < -100 ? -100 : e;
                     const float sc = pow2i(e) * 0.99f;
                     fkh[h] = pow2i(-e) * (1.0f / 0.99f);
-                    q2h[h] = q2;
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
                         const int w = i == 0 ? 0 : i == 1 ? 2 : i == 2 ? 1 : 3;
@@ -633,8 +676,10 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             __syncwarp();
             issue_i8(a, ws.slot[1], pv1, un, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
         }
-        pk1 = unit_ptr(a, 0, u + 2 * FWI, u1, b0, nbu);
-        pv1 = unit_ptr(a, 1, u + 2 * FWI, u1, b0, nbu);
+        u = un;
+        un = un2;
+        pk1 = pk2;
+        pv1 = pv2;
         __syncwarp();  // the scratch is reused by the next unit
     }
     cp_wait<0>();
