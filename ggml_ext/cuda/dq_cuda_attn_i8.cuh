@@ -18,14 +18,14 @@
 //   - A-space -> output once per unit: fp16 hi + lo, mma.m16n8k16 with B_v.
 // Every lane has a head: rows g = 2h and 2h + 1 hold the same head (GQA 4 fills 8 of 16 rows);
 // the duplicate lanes also make the two digit columns of the V product's B operand.
-// Data: each warp owns a K slot and a V slot. K comes in with bulk (TMA) copies on an mbarrier,
-// issued by one lane (unswizzled: the score loads are conflict-free as they are); V with 16-byte
-// cp.async, swizzled for ldmatrix.trans. The next unit's K is issued as soon as the scores are in
-// registers, its V before this unit's A-space epilogue (B_v and the V channel scales are read out
-// first); block pointers are loaded a unit ahead, and q before the first copies. Warps take units
-// round robin (statically: the result does not depend on timing), in pairs for 256-token blocks.
-// About 1950 warp instructions per unit (16.9 KB), 0.115 per byte, against 0.213 for the fp16
-// kernel.
+// Data: each warp owns a K slot and a V slot; the epilogue's A-space buffer reuses the V slot. K
+// comes in with bulk (TMA) copies on an mbarrier, issued by one lane (unswizzled: the score loads
+// are conflict-free as they are); V with 16-byte cp.async, swizzled for ldmatrix.trans. The next
+// unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
+// A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
+// loaded a unit ahead, and q before the first copies. Warps take units round robin (statically:
+// the result does not depend on timing), in pairs for 256-token blocks. About 1960 warp
+// instructions per unit (16.9 KB), 0.117 per byte, against 0.213 for the fp16 kernel.
 
 constexpr int I8_NH = 4;
 constexpr int I8_ASB = 32 * 48 + 4 * 32;   // bytes of one A-space buffer: row 8h + r at 48 row + 32 (row / 8)
@@ -33,14 +33,14 @@ constexpr uint32_t M0F = 0x0f0f0f0fu;
 constexpr uint32_t MF0 = 0xf0f0f0f0u;
 
 #ifndef DQ_I8_FW
-#define DQ_I8_FW 5  // warps per CTA: 2 CTAs of 5 (10 warps) fit an SM's shared memory; 3 x 3 ran 6 % slower
+#define DQ_I8_FW 11  // warps per CTA: one CTA of 11 per SM (20.1 KB each); 2 x 5 ran 2-6 % slower, 3 x 3 slower still
 #endif
 constexpr int FWI = DQ_I8_FW;
 constexpr int I8_MINB = FWI <= 3 ? 3 : FWI <= 5 ? 2 : 1;  // CTAs per SM
 
 struct __align__(16) WarpSmemI8 {
     uint8_t slot[2][SLOT];        // K, V
-    uint8_t scratch[2 * I8_ASB];  // q^ fragments (1 or 2 KB) | A-space hi, lo | FP16-span weights
+    uint8_t scratch[2048];        // q^ fragments (1 or 2 KB) | FP16-span weights (A-space: in the V slot)
     float hv[HNV][I8_NH];
     uint64_t kbar;                // K slot's mbarrier (bulk copies)
 };
@@ -509,8 +509,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                     vlr[P] = a.v.asym ? *(const uint2 *) (sv + SLOT_P + 256 + 2 * (32 * P + 4 * g)) : make_uint2(0u, 0u);
                 }
             }
-            __syncwarp();
-            issue_i8(a, ws.slot[1], pv1, un, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+            __syncwarp();  // the V slot's codes are read: the A-space buffer goes there
 
             // ------------------------------------------------ A-space (head t) -> out, B_v on the tensor cores
             {
@@ -524,7 +523,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
                 const float inv = 1.0f / qsc;
                 const float spf = (float) spi;
-                uint8_t * As = ws.scratch;
+                uint8_t * As = ws.slot[1];
 #pragma unroll
                 for (int P = 0; P < 4; P++) {  // channels 32P + 4g + c: row r = 2P + g / 4, i = 4 (g % 4) + c
                     const int pp = P >> 1, hf = P & 1;
@@ -559,13 +558,17 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                     *(uint2 *) (As + I8_ASB + off) = make_uint2(*(const uint32_t *) &l01, *(const uint32_t *) &l23);
                 }
                 __syncwarp();
+                uint32_t ahi[MT2][4], alo[MT2][4];
 #pragma unroll
                 for (int mt = 0; mt < MT2; mt++) {
-                    const int row = 16 * mt + 8 * (mi & 1) + lr;
-                    const uint8_t * src = As + i8_as_off(row) + 16 * (mi >> 1);
-                    uint32_t ahi[4], alo[4];
-                    ldsm4(ahi, src);
-                    ldsm4(alo, src + I8_ASB);
+                    const uint8_t * src = As + i8_as_off(16 * mt + 8 * (mi & 1) + lr) + 16 * (mi >> 1);
+                    ldsm4(ahi[mt], src);
+                    ldsm4(alo[mt], src + I8_ASB);
+                }
+                __syncwarp();  // the next unit's V may land now
+                issue_i8(a, ws.slot[1], pv1, un, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+#pragma unroll
+                for (int mt = 0; mt < MT2; mt++) {
                     const float c0 = __shfl_sync(FULL, corr, 16 * mt), c1 = __shfl_sync(FULL, corr, 16 * mt + 8);
 #pragma unroll
                     for (int nt = 0; nt < 2; nt++) {
@@ -573,8 +576,8 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                         out[mt][nt][1] *= c0;
                         out[mt][nt][2] *= c1;
                         out[mt][nt][3] *= c1;
-                        mma16816(out[mt][nt], ahi[0], ahi[1], ahi[2], ahi[3], bv[2 * nt], bv[2 * nt + 1]);
-                        mma16816(out[mt][nt], alo[0], alo[1], alo[2], alo[3], bv[2 * nt], bv[2 * nt + 1]);
+                        mma16816(out[mt][nt], ahi[mt][0], ahi[mt][1], ahi[mt][2], ahi[mt][3], bv[2 * nt], bv[2 * nt + 1]);
+                        mma16816(out[mt][nt], alo[mt][0], alo[mt][1], alo[mt][2], alo[mt][3], bv[2 * nt], bv[2 * nt + 1]);
                     }
                 }
             }
