@@ -3,6 +3,7 @@
     python bench/tables.py quality docs/results/quality_smollm2-135m.json
     python bench/tables.py quality-main docs/results/quality_smollm2-135m.json
     python bench/tables.py attn docs/results/attn_cpu.json
+    python bench/tables.py attn-cuda docs/results/attn_cuda.json      (docs/RESULTS_CUDA.md)
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ import json
 import sys
 
 
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def quality(path: str) -> str:
-    d = json.load(open(path))
+    d = _load(path)
     out = ["| method | bits | bits/value | K rel. err | V rel. err | attn rel. err (mean / worst layer) |",
            "|---|---|---|---|---|---|"]
     for r in sorted(d["results"], key=lambda r: (r["bits"], r["method"])):
@@ -35,7 +41,7 @@ MAIN = {  # the compact table: name in the JSON -> label
 
 
 def quality_main(path: str) -> str:
-    d = json.load(open(path))
+    d = _load(path)
     out = ["| method | bits | bits/value | K rel. err | V rel. err | attn rel. err | worst layer |",
            "|---|---|---|---|---|---|---|"]
     rows = [r for r in d["results"] if r["method"] in MAIN]
@@ -46,7 +52,7 @@ def quality_main(path: str) -> str:
 
 
 def attn(path: str) -> str:
-    d = json.load(open(path))
+    d = _load(path)
     out = ["| shape | context | threads | FP16 µs (min–max) | DQ µs (min–max) | DQ/FP16 speed | bytes FP16 → DQ |",
            "|---|---|---|---|---|---|---|"]
     for r in d["results"]:
@@ -56,5 +62,33 @@ def attn(path: str) -> str:
     return "\n".join(out)
 
 
+# the cases of docs/RESULTS_CUDA.md's main table; the goal cases in bold
+CUDA_CASES = [("llama2-7b", c, b) for c, b in ((4096, 1), (4096, 8), (4096, 32), (32768, 1), (32768, 8), (32768, 32),
+                                             (131072, 1), (131072, 8))]
+CUDA_CASES += [("llama3-8b", c, b) for c in (4096, 32768, 131072) for b in (1, 8, 32)]
+CUDA_CASES += [("qwen2.5-1.5b", 4096, 1), ("qwen2.5-1.5b", 32768, 1), ("qwen2.5-1.5b", 32768, 8),
+               ("qwen2.5-1.5b", 131072, 8), ("qwen2.5-1.5b", 131072, 32)]
+CUDA_GOAL = {("llama3-8b", 32768, 1), ("llama3-8b", 32768, 8)}
+
+
+def attn_cuda(path: str) -> str:
+    d = _load(path)
+    rows = {(r["shape"], r["ctx"], r["batch"]): r for r in d["rows"]}
+    out = [("| shape | ctx | batch | DQ4 µs (single / b2b) | MB read | % of 4.8 TB/s | SDPA FP16 µs (single / b2b) "
+            "| speedup | kernel |"), "|---|---|---|---|---|---|---|---|---|"]
+    for key in CUDA_CASES:
+        if key not in rows:
+            continue
+        r, b = rows[key], "**" if key in CUDA_GOAL else ""
+        cells = [f"{b}{key[0]}{b}", f"{b}{key[1] // 1024}K{b}", f"{b}{key[2]}{b}",
+                 f"{b}{r['ms'] * 1e3:.1f} / {r['ms_b2b'] * 1e3:.1f}{b}", f"{r['bytes'] / 1e6:.0f}",
+                 f"{b}{r['pct_peak']:.0f} / {r['pct_peak_b2b']:.0f}{b}",
+                 f"{r['sdpa_ms'] * 1e3:.1f} / {r['sdpa_ms_b2b'] * 1e3:.1f}",
+                 f"{b}{r['speedup']:.2f} / {r['speedup_b2b']:.2f}{b}", r["kernel"]]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print({"quality": quality, "quality-main": quality_main, "attn": attn}[sys.argv[1]](sys.argv[2]))
+    print({"quality": quality, "quality-main": quality_main, "attn": attn, "attn-cuda": attn_cuda}[sys.argv[1]](
+        sys.argv[2]))
