@@ -24,8 +24,8 @@
 // unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
 // A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
 // loaded a unit ahead, and q before the first copies. Warps take units round robin (statically:
-// the result does not depend on timing), in pairs for 256-token blocks. About 1960 warp
-// instructions per unit (16.9 KB), 0.117 per byte, against 0.213 for the fp16 kernel.
+// the result does not depend on timing), in pairs for 256-token blocks. About 1980 warp
+// instructions per unit (16.9 KB), 0.118 per byte, against 0.213 for the fp16 kernel.
 
 constexpr int I8_NH = 4;
 constexpr int I8_ASB = 32 * 48 + 4 * 32;   // bytes of one A-space buffer: row 8h + r at 48 row + 32 (row / 8)
@@ -67,8 +67,8 @@ __device__ __forceinline__ float sel4(const float (&v)[I8_NH], int h) {
 }
 
 // Block pointer of unit u (K or V), loaded a unit ahead of its use. The index is clamped to the
-// table instead of the load being predicated: a predicated load makes the compiler wait for it
-// at once (8 % of the time). Past the blocks the pointer is never dereferenced (the issue
+// table instead of the load being predicated: a predicated load made the compiler wait for it
+// at once (7 % of the batch-8 time in one build). Past the blocks the pointer is never dereferenced (the issue
 // functions check u), and with no blocks at all the host passes a readable dummy table.
 __device__ __forceinline__ const uint8_t * unit_ptr(const FastArgs & a, int which, int u, int b0, int nbu) {
     const int last = nbu > 0 ? b0 + ((nbu - 1) >> a.lsub) : (b0 > 0 ? b0 - 1 : 0);
@@ -183,7 +183,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     const int nres = a.res_len ? a.res_len[seq] : 0;
     const int U = nbu + (nres + RP - 1) / RP;
     // Warps take units in groups of G, round robin; G = 2 for blocks of 256 or more tokens, so that
-    // a block's two units share q^ (2-3 % faster there; pairs of 128-token blocks ran 2 % slower).
+    // a block's two units share q^ (1-3 % faster there; pairs of 128-token blocks ran 2 % slower).
     // Splits fall on group boundaries.
     const int G = a.lsub ? 2 : 1;
     const int NG = (U + G - 1) / G;
