@@ -4,6 +4,7 @@
     python bench/tables.py quality-main docs/results/quality_smollm2-135m.json
     python bench/tables.py attn docs/results/attn_cpu.json
     python bench/tables.py attn-cuda docs/results/attn_cuda.json      (docs/RESULTS_CUDA.md)
+    python bench/tables.py attn-cuda-summary docs/results/attn_cuda.json   (docs/RESULTS.md, section 5)
 """
 
 from __future__ import annotations
@@ -89,6 +90,23 @@ def attn_cuda(path: str) -> str:
     return "\n".join(out)
 
 
+def attn_cuda_summary(path: str) -> str:
+    """The goal cases of both presets and a few neighbours (docs/RESULTS.md, section 5)."""
+    d = _load(path)
+    presets = [("paper", d["rows"]), ("default", d.get("default_preset", {}).get("rows", []))]
+    out = ["| shape | ctx | batch | preset | DQ4 µs (single / b2b) | % of 4.8 TB/s (b2b) | speedup vs SDPA (single / b2b) |",
+           "|---|---|---|---|---|---|---|"]
+    for key in [("llama3-8b", 32768, 1), ("llama3-8b", 32768, 8), ("llama3-8b", 131072, 8), ("llama2-7b", 32768, 8),
+                ("qwen2.5-1.5b", 32768, 8)]:
+        for name, rows in presets:
+            r = next((r for r in rows if (r["shape"], r["ctx"], r["batch"]) == key), None)
+            if r is None:
+                continue
+            out.append(f"| {key[0]} | {key[1] // 1024}K | {key[2]} | {name} | {r['ms'] * 1e3:.1f} / {r['ms_b2b'] * 1e3:.1f} | "
+                       f"{r['pct_peak_b2b']:.0f} % | {r['speedup']:.2f}x / {r['speedup_b2b']:.2f}x |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print({"quality": quality, "quality-main": quality_main, "attn": attn, "attn-cuda": attn_cuda}[sys.argv[1]](
-        sys.argv[2]))
+    print({"quality": quality, "quality-main": quality_main, "attn": attn, "attn-cuda": attn_cuda,
+           "attn-cuda-summary": attn_cuda_summary}[sys.argv[1]](sys.argv[2]))

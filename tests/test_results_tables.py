@@ -15,3 +15,9 @@ def test_cuda_table_matches_json() -> None:
     table = tables.attn_cuda(str(ROOT / "docs/results/attn_cuda.json"))
     assert table.count("\n") == len(tables.CUDA_CASES) + 1  # every case measured, plus the header rows
     assert table in (ROOT / "docs/RESULTS_CUDA.md").read_text()
+
+
+def test_cuda_summary_matches_json() -> None:
+    table = tables.attn_cuda_summary(str(ROOT / "docs/results/attn_cuda.json"))
+    assert table.count("\n") >= 6  # the goal cases of both presets are measured
+    assert table in (ROOT / "docs/RESULTS.md").read_text()
