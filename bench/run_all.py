@@ -219,6 +219,14 @@ def plots(out: Path, evals: dict[str, Any], benches: dict[str, Any], maxctx: dic
     from decoquant import kvspec
 
     made = []
+
+    def save(fig: Any, axes: Any, name: str) -> None:
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        made.append(out / name)
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+
     if evals:
         fig, axes = plt.subplots(1, len(evals), figsize=(4.6 * len(evals), 4), squeeze=False)
         for ax, (m, rep) in zip(axes[0], evals.items(), strict=True):
@@ -238,11 +246,7 @@ def plots(out: Path, evals: dict[str, Any], benches: dict[str, Any], maxctx: dic
             ax.set_ylabel("mean KLD vs f16 (log)")
             ax.set_title(f"{m}\nctx {rep['config']['ctx']} × {rep['config']['chunks']}", fontsize=9)
             ax.grid(alpha=0.3, which="both")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        made.append(out / "kld_vs_bits.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        save(fig, axes, "kld_vs_bits.png")
     if benches:
         fig, axes = plt.subplots(1, len(benches), figsize=(4.6 * len(benches), 4), squeeze=False)
         for ax, (m, rep) in zip(axes[0], benches.items(), strict=True):
@@ -258,11 +262,7 @@ def plots(out: Path, evals: dict[str, Any], benches: dict[str, Any], maxctx: dic
             ax.set_ylabel("decode tokens/s (median, min–max)")
             ax.set_title(f"{m}, {rep['config']['threads']} threads", fontsize=9)
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        made.append(out / "decode_vs_context.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        save(fig, axes, "decode_vs_context.png")
     shapes = {m: r["model"] for m, r in {**evals, **benches, **maxctx}.items()}
     if shapes:
         kvs = ["f16", "dq8", "dq4", "dq2", "llama:q8_0", "llama:q4_0"]
@@ -285,11 +285,7 @@ def plots(out: Path, evals: dict[str, Any], benches: dict[str, Any], maxctx: dic
             ax.set_ylabel("KV cache MiB (lines: format; x: allocated)")
             ax.set_title(m, fontsize=9)
             ax.grid(alpha=0.3, which="both")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        made.append(out / "kv_memory_vs_context.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        save(fig, axes, "kv_memory_vs_context.png")
     return made
 
 
