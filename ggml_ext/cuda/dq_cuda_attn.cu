@@ -177,7 +177,7 @@ __device__ __forceinline__ void issue_unit(const FastArgs & a, uint8_t * dst, in
 // into this split's partial; the last CTA of a (sequence, KV head) then merges the splits.
 template <int NH, int W, typename WS>
 __device__ __forceinline__ void merge_splits(const FastArgs & a, WS * all, int seq, int kvh, int split, int grp,
-                                             int * s_last_p, float * mbase) {
+                                             int * s_last_p) {
     int & s_last = *s_last_p;
     const int64_t row = (int64_t) seq * a.nkv + kvh;
     float * wo = a.ws_o + (row * a.ns + split) * NH * HD;
@@ -217,48 +217,28 @@ __device__ __forceinline__ void merge_splits(const FastArgs & a, WS * all, int s
         return;
     }
     __threadfence();
-    // the last CTA merges the splits: all (max, sum) pairs at once into shared memory, then
-    // each thread four channels of a head with 16-byte loads
-    float * mlm = mbase;   // [ns][NH] max, then sums, weights (4 KB, free once the warps' outputs are read)
-    float * mll = mlm + MAX_SPLIT * NH;
-    float * wgt = mll + MAX_SPLIT * NH;
-    float * ltot = wgt + MAX_SPLIT * NH;
+    // the last CTA merges the splits: each thread four channels of a head, all the splits' (max,
+    // sum) and outputs loaded at once (one L2 round trip), combined online in split order
     const float2 * mlb = a.ws_ml + row * a.ns * NH;
-    for (int i = threadIdx.x; i < a.ns * NH; i += W * 32) {
-        const float2 ml = __ldcg(&mlb[i]);
-        mlm[i] = ml.x;
-        mll[i] = ml.y;
-    }
-    __syncthreads();
-    for (int h = threadIdx.x; h < grp; h += W * 32) {
-        float M = -INFINITY;
-        for (int s = 0; s < a.ns; s++) {
-            M = fmaxf(M, mlm[s * NH + h]);
-        }
-        float L = 0.0f;
-        for (int s = 0; s < a.ns; s++) {
-            const float m = mlm[s * NH + h];
-            const float f = m == -INFINITY ? 0.0f : fexp2(m - M);
-            wgt[s * NH + h] = f;
-            L = fmaf(f, mll[s * NH + h], L);
-        }
-        ltot[h] = L;
-    }
-    __syncthreads();
     const float4 * ob = reinterpret_cast<const float4 *>(a.ws_o + row * a.ns * NH * HD);
     for (int i = threadIdx.x; i < grp * (HD / 4); i += W * 32) {
         const int h = i / (HD / 4), c4 = i % (HD / 4);
+        float M = -INFINITY, L = 0.0f;
         float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 16
+#pragma unroll 8
         for (int s = 0; s < a.ns; s++) {
-            const float w = wgt[s * NH + h];
+            const float2 ml = __ldcg(mlb + s * NH + h);
             const float4 v = __ldcg(ob + ((int64_t) s * NH + h) * (HD / 4) + c4);
-            o.x = fmaf(w, v.x, o.x);
-            o.y = fmaf(w, v.y, o.y);
-            o.z = fmaf(w, v.z, o.z);
-            o.w = fmaf(w, v.w, o.w);
+            const float Mn = fmaxf(M, ml.x);  // a split with no tokens of this head has max -inf: fs = 0
+            const float fo = M == -INFINITY ? 0.0f : fexp2(M - Mn), fs = ml.x == -INFINITY ? 0.0f : fexp2(ml.x - Mn);
+            M = Mn;
+            L = fmaf(fs, ml.y, L * fo);
+            o.x = fmaf(fs, v.x, o.x * fo);
+            o.y = fmaf(fs, v.y, o.y * fo);
+            o.z = fmaf(fs, v.z, o.z * fo);
+            o.w = fmaf(fs, v.w, o.w * fo);
         }
-        const float L = ltot[h], inv = L > 0.0f ? 1.0f / L : 0.0f;
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
         reinterpret_cast<float4 *>(a.out + ((int64_t) seq * a.n_head + kvh * grp + h) * HD)[c4] =
             make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
     }
@@ -787,7 +767,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
         }
     }
     __syncthreads();
-    merge_splits<NH, FW, WS>(a, all, seq, kvh, split, grp, &s_last, reinterpret_cast<float *>(all[0].slot[1]));
+    merge_splits<NH, FW, WS>(a, all, seq, kvh, split, grp, &s_last);
 }
 
 #include "dq_cuda_attn_i8.cuh"
@@ -1284,6 +1264,16 @@ int launch_fast(const FastArgs & fa, const Plan & pl, dim3 grid, cudaStream_t st
 }
 
 } // namespace
+
+#if DQ_I8_TIMING
+extern "C" __attribute__((visibility("default"))) int dq_dbg_timing(unsigned long long * tc, unsigned long long * tw) {
+    if (cudaMemcpyFromSymbol(tc, g_dq_tc, sizeof(g_dq_tc)) != cudaSuccess ||
+        cudaMemcpyFromSymbol(tw, g_dq_tw, sizeof(g_dq_tw)) != cudaSuccess) {
+        return 1;
+    }
+    return 0;
+}
+#endif
 
 extern "C" int dq_cuda_attn_path(const dq_cuda_attn_params * p) {
     const int st = check(p);

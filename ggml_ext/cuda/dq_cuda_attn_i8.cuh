@@ -24,8 +24,9 @@
 // unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
 // A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
 // loaded a unit ahead, and q before the first copies. Warps take units round robin (statically:
-// the result does not depend on timing), in pairs for 256-token blocks. About 1980 warp
-// instructions per unit (16.9 KB), 0.118 per byte, against 0.213 for the fp16 kernel.
+// the result does not depend on timing), in pairs for 256-token blocks. About 1925 warp
+// instructions per unit (16.6 KB), 0.116 per byte, against 0.213 for the fp16 kernel.
+// DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py).
 
 constexpr int I8_NH = 4;
 constexpr int I8_ASB = 32 * 48 + 4 * 32;   // bytes of one A-space buffer: row 8h + r at 48 row + 32 (row / 8)
@@ -64,6 +65,31 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 __device__ __forceinline__ int i8_as_off(int row) { return row * 48 + (row >> 3) * 32; }
 __device__ __forceinline__ float sel4(const float (&v)[I8_NH], int h) {
     return h == 0 ? v[0] : h == 1 ? v[1] : h == 2 ? v[2] : v[3];
+}
+
+__device__ __forceinline__ int sel4i(const int (&v)[I8_NH], int h) {
+    return h == 0 ? v[0] : h == 1 ? v[1] : h == 2 ? v[2] : v[3];
+}
+// Warp max of a float in one redux: the bits, negatives flipped, order as signed integers.
+__device__ __forceinline__ float warp_max_redux(float x) {
+    const int b = __float_as_int(x);
+    const int m = __reduce_max_sync(0xffffffffu, b ^ ((b >> 31) & 0x7fffffff));
+    return __int_as_float(m ^ ((m >> 31) & 0x7fffffff));
+}
+// Warp sum of v[h] for the lane's head h = lane / 8, all four heads at once: each step swaps half of
+// the heads with the partner lane (6 shuffles, not 4 x 5).
+__device__ __forceinline__ float sum4_heads(const float (&v)[I8_NH], int lane) {
+    const unsigned FULL = 0xffffffffu;
+    const bool b4 = lane & 16, b3 = lane & 8;
+    float k0 = b4 ? v[2] : v[0], k1 = b4 ? v[3] : v[1];
+    k0 += __shfl_xor_sync(FULL, b4 ? v[0] : v[2], 16);
+    k1 += __shfl_xor_sync(FULL, b4 ? v[1] : v[3], 16);
+    float x = b3 ? k1 : k0;
+    x += __shfl_xor_sync(FULL, b3 ? k0 : k1, 8);
+    x += __shfl_xor_sync(FULL, x, 4);
+    x += __shfl_xor_sync(FULL, x, 2);
+    x += __shfl_xor_sync(FULL, x, 1);
+    return x;
 }
 
 // Block pointer of unit u (K or V), loaded a unit ahead of its use. The index is clamped to the
@@ -157,6 +183,15 @@ __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, cons
     cp_commit();
 }
 
+#if DQ_I8_TIMING
+// diagnostics build only: per CTA [start, end, smid] and per warp [first K landed, loop done]
+__device__ unsigned long long g_dq_tc[3 * 2048], g_dq_tw[2 * 2048 * FWI];
+__device__ __forceinline__ unsigned long long gtimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+#endif
 template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MINB) k_attn_i8(const FastArgs a) {
     constexpr int NH = I8_NH, MT2 = 2;
     constexpr bool D3 = KCH;  // three digits of q^
@@ -170,6 +205,16 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     uint32_t * qf = reinterpret_cast<uint32_t *>(q_s + NH * HD);            // [NH][2 part][2 reg][32 lanes]
     const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z, grp = a.grp;
     const unsigned FULL = 0xffffffffu;
+#if DQ_I8_TIMING
+    const int cta_id = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    bool t_first = true;
+    if (threadIdx.x == 0 && cta_id < 2048) {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %smid;" : "=r"(smid));
+        g_dq_tc[3 * cta_id] = gtimer();
+        g_dq_tc[3 * cta_id + 2] = smid;
+    }
+#endif
     // q first: loaded after the K/V copies it would queue behind them (12 % of the batch-1 time)
     constexpr int QPT = (NH * HD + FWI * 32 - 1) / (FWI * 32);
     float qreg[QPT];
@@ -198,6 +243,9 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     }
     __syncwarp();
     uint8_t * const karea = ws.slot[0];
+    auto issue_v = [&](const uint8_t * blk, int uu) {
+        issue_i8(a, ws.slot[1], blk, uu, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+    };
     auto issue_k = [&](const uint8_t * blk, int uu) {
         if (uu < u1 && uu < nbu) {
             issue_k_bulk(a, karea, blk, uu, kvh, lane, &ws.kbar);
@@ -209,11 +257,8 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     // would keep later loads behind them); the next unit's copies are issued during this one
     int un = next_unit(u);
     const uint8_t * pk1 = unit_ptr(a, 0, un, b0, nbu), * pv1 = unit_ptr(a, 1, un, b0, nbu);
-    {
-        const uint8_t * pk0 = unit_ptr(a, 0, u, b0, nbu), * pv0 = unit_ptr(a, 1, u, b0, nbu);
-        issue_k(pk0, u);
-        issue_i8(a, ws.slot[1], pv0, u, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
-    }
+    const uint8_t * pv0 = unit_ptr(a, 1, u, b0, nbu);
+    issue_k(unit_ptr(a, 0, u, b0, nbu), u);  // the first V after the prologue, below
 #pragma unroll
     for (int k = 0; k < QPT; k++) {
         const int i = threadIdx.x + k * FWI * 32;
@@ -234,6 +279,9 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
         qf[i] = pack2f(x0, x1);
     }
     __syncthreads();
+    // every warp asks for its first unit at once, so the K units should come in first: the scores
+    // can start while the V units land (with the unrolled FP16-span loops, -4 to -6 % at batch 1)
+    issue_v(pv0, u);
 
     const int hq = g >> 1;                                                   // this lane's head (scores, P)
     const uint32_t dsel = (g & 1) ? 0x0051u : 0x0040u;                       // its digit of P
@@ -269,6 +317,12 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
         if (u < nbu) {
             mbar_wait(&ws.kbar, kph);
             kph ^= 1u;
+#if DQ_I8_TIMING
+            if (t_first && lane == 0 && cta_id < 2048) {
+                g_dq_tw[2 * (cta_id * FWI + warp)] = gtimer();
+            }
+            t_first = false;
+#endif
             // ------------------------------------------------ q~ = B_k q, then q^ as two int8 digits
             // (once per block: the second unit of a pair reuses them when it is in the same block)
             const int blk_u = u >> a.lsub;
@@ -297,8 +351,9 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
                 float fkh[NH], q2h[NH];
                 uint8_t * F = ws.scratch;
-                // only the exponent of max |q~| matters: the four heads' exponent bytes reduce together
-                uint32_t ex4 = 0;
+                // only the exponent of max |q~| matters; |q~| >= 0, so its bits order as unsigned
+                // integers: one redux per head
+                uint32_t exh[NH];
 #pragma unroll
                 for (int h = 0; h < NH; h++) {
                     float am = 0.0f, q2 = 0.0f;
@@ -310,49 +365,53 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                         }
                         am = fmaxf(am, fabsf(qt[h][i]));
                     }
-                    ex4 |= (uint32_t) ((__float_as_int(am) >> 23) & 0xff) << (8 * h);
+                    exh[h] = __reduce_max_sync(FULL, __float_as_uint(am)) >> 23;
                     q2h[h] = q2;
                 }
-#pragma unroll
-                for (int o = 1; o < 32; o <<= 1) {
-                    ex4 = __vmaxu4(ex4, __shfl_xor_sync(FULL, ex4, o));
-                }
                 if (KCH && a.k.asym) {
-#pragma unroll
-                    for (int o = 1; o < 32; o <<= 1) {
-#pragma unroll
-                        for (int h = 0; h < NH; h++) {
-                            q2h[h] += __shfl_xor_sync(FULL, q2h[h], o);
-                        }
-                    }
+                    // sum of the four heads at once: halve the heads per step, then lanes 8h..8h+7 hold head h
+                    cadd = sum4_heads(q2h, lane);
                 }
+                // q^ digit sums (the codes' zero point, per score row) by redux, off the fragment path
+                int sy[NH], sd2[NH];
 #pragma unroll
                 for (int h = 0; h < NH; h++) {
                     // |q^| <= 0.99 * 2^15 (2^23 with three digits): the top digit stays in [-127, 127]
-                    const int exb = (ex4 >> (8 * h)) & 0xff;  // biased exponent of max |q~| (0: all zero)
+                    const int exb = (int) exh[h];  // biased exponent of max |q~| (0: all zero)
                     int e = exb ? (D3 ? 22 : 14) - (exb - 127) : 0;
                     e = e > 100 ? 100 : e < -100 ? -100 : e;
                     const float sc = pow2i(e) * 0.99f;
                     fkh[h] = pow2i(-e) * (1.0f / 0.99f);
+                    int ys = 0, d2s = 0;
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
                         const int w = i == 0 ? 0 : i == 1 ? 2 : i == 2 ? 1 : 3;
                         const int idx = fw_off + h * 256 + (w >> 1) * 16 + (w & 1) * 8;
                         if (D3) {
                             const int y = __float2int_rn(qt[h][i] * sc);
-                            const int y1 = (y + 128) >> 8;
+                            const int y1 = (y + 128) >> 8, y2 = (y1 + 128) >> 8;
                             F[idx] = (uint8_t) y;                       // digits in [-128, 127], as s8
                             F[idx + 4] = (uint8_t) y1;
-                            F[idx + 1024] = (uint8_t) ((y1 + 128) >> 8);
+                            F[idx + 1024] = (uint8_t) y2;
+                            ys += y;
+                            d2s += y2;
                         } else {
                             const int bits = __float_as_int(fmaf(qt[h][i], sc, 12582912.0f)); // 1.5 * 2^23 + q^
                             F[idx] = (uint8_t) bits;                     // low digit: q^ mod 256 as s8
                             F[idx + 4] = (uint8_t) ((bits + 128) >> 8);  // high digit
+                            ys += (bits & 0x7fffff) - 0x400000;
                         }
                     }
+                    sy[h] = __reduce_add_sync(FULL, ys);
+                    sd2[h] = D3 ? __reduce_add_sync(FULL, d2s) : 0;
                 }
                 fk = sel4(fkh, hq);
-                cadd = KCH && a.k.asym ? sel4(q2h, hq) : 0.0f;
+                {
+                    const int syh = sel4i(sy, hq), sd2h = sel4i(sd2, hq);
+                    // a row's digit sum: rows of digits 0 and 1 (y - 2^16 d2), or of digit 2 (odd lanes, D3)
+                    q1s = D3 && (g & 1) ? sd2h : syh - 65536 * sd2h;
+                    q1f = D3 ? (float) (syh - 65536 * sd2h) + 65536.0f * (float) sd2h : (float) syh;
+                }
                 __syncwarp();
                 // fragment (head hq, piece t): [m][a0 d0 | a1 d1 | a2 d0 | a3 d1], m = 2 * nibble + (word >> 1);
                 // three digits: odd lanes take [d2 | 0 | d2 | 0] from the second KB
@@ -363,17 +422,6 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                     if (odd) {
                         A4[m].y = A4[m].w = 0u;
                     }
-                }
-                int qs[4] = {0, 0, 0, 0};
-#pragma unroll
-                for (int m = 0; m < 4; m++) {
-                    imma_s8u8(qs, A4[m], 0x01010101u, 0x01010101u);
-                }
-                q1s = qs[0] + 256 * qs[2];  // sum of this lane's digits of q^ (head hq)
-                q1f = (float) q1s;
-                if (D3) {
-                    q1f *= wself;
-                    q1f += __shfl_xor_sync(FULL, q1f, 4);
                 }
             }
             const int zq = -zpk * q1s;
@@ -429,10 +477,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 const uint2 raw = *(const uint2 *) (sv + SLOT_P + lane * 8);
                 const float2 s01 = h22f(raw.x), s23 = h22f(raw.y);
                 float vm = fmaxf(fmaxf(s01.x, s01.y), fmaxf(s23.x, s23.y));
-#pragma unroll
-                for (int o = 1; o < 32; o <<= 1) {
-                    vm = fmaxf(vm, __shfl_xor_sync(FULL, vm, o));
-                }
+                vm = warp_max_redux(vm);
                 qsc = 16384.0f * (vm > 0.0f ? pow2i(-ilog2f(vm)) : 1.0f);
             }
             const uint32_t * vpar = (const uint32_t *) (sv + SLOT_P);
@@ -566,7 +611,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                     ldsm4(alo[mt], src + I8_ASB);
                 }
                 __syncwarp();  // the next unit's V may land now
-                issue_i8(a, ws.slot[1], pv1, un, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+                issue_v(pv1, un);
 #pragma unroll
                 for (int mt = 0; mt < MT2; mt++) {
                     const float c0 = __shfl_sync(FULL, corr, 16 * mt), c1 = __shfl_sync(FULL, corr, 16 * mt + 8);
@@ -590,8 +635,8 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             for (int h = 0; h < NH; h++) {
                 s[h] = 0.0f;
             }
-#pragma unroll 1
-            for (int k = 0; k < 16; k++) {
+#pragma unroll 4
+            for (int k = 0; k < 16; k++) {  // (unrolled: one 32-token span took 2 us more than a 128-token block unit)
                 const uint4 raw = *(const uint4 *) (sk + lane * RS + 16 * k);
                 float kf[8];
 #pragma unroll
@@ -659,7 +704,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                     out[mt][nt][3] *= c1;
                 }
             }
-#pragma unroll 1
+#pragma unroll 4
             for (int l = 0; l < n; l++) {
                 const uint8_t * row = sv + l * RS + 2 * (16 * g + 2 * t);
                 const float2 v0 = h22f(*(const uint32_t *) row), v1 = h22f(*(const uint32_t *) (row + 16));
@@ -677,7 +722,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
             }
             __syncwarp();
-            issue_i8(a, ws.slot[1], pv1, un, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+            issue_v(pv1, un);
         }
         u = un;
         un = un2;
@@ -687,6 +732,11 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     }
     cp_wait<0>();
     __syncwarp();
+#if DQ_I8_TIMING
+    if (lane == 0 && cta_id < 2048) {
+        g_dq_tw[2 * (cta_id * FWI + warp) + 1] = gtimer();
+    }
+#endif
 
     // ---------------------------------------------------- merge the CTA's warps, then the splits
     l_run += __shfl_xor_sync(FULL, l_run, 1);
@@ -708,5 +758,10 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
         }
     }
     __syncthreads();
-    merge_splits<NH, FWI, WS>(a, all, seq, kvh, split, grp, &s_last, reinterpret_cast<float *>(all[0].slot[1]));
+    merge_splits<NH, FWI, WS>(a, all, seq, kvh, split, grp, &s_last);
+#if DQ_I8_TIMING
+    if (threadIdx.x == 0 && cta_id < 2048) {
+        g_dq_tc[3 * cta_id + 1] = gtimer();
+    }
+#endif
 }
