@@ -4,7 +4,8 @@ For each head shape x context x batch: one decode query per sequence over `ctx` 
 tokens (blocks of 128) plus a 64-token FP16 residual window (SDPA gets ctx + 64 FP16 tokens).
 Times are CUDA-event medians of single launches, rotating over enough copies of the cache that
 nothing is served from L2; `b2b` is the per-call time of back-to-back launches over those copies
-(like consecutive layers). Bytes = what the kernel must read once (K and V blocks, residual, q).
+(like consecutive layers), `graph` the same calls replayed from one CUDA graph (no Python or launch
+work on the host per call, for both sides). Bytes = what the kernel must read once (K and V blocks, residual, q).
 Also: decompose-on-append cost (one 128-token chunk for 32 layers x K,V x batch, FP16 input),
 amortized per token and compared with one decode step's attention.
 
@@ -66,6 +67,36 @@ def b2b(fn, n: int, reps: int = 5) -> float:
     return statistics.median(best)
 
 
+def graph_b2b(fn, n: int, reps: int = 5) -> float | None:
+    """Per-call time of n back-to-back calls replayed from one CUDA graph (no host work per call);
+    None where the calls cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(n):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for i in range(n):
+                fn(i)
+    except RuntimeError as e:
+        print(f"graph capture failed: {e}", file=sys.stderr)
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / n)
+    return statistics.median(times)
+
+
 def base_blocks(opts: R.Options, nkv: int, hd: int, n: int = 16) -> torch.Tensor:
     """n real blocks (GPU decompose of K-like data), to tile a cache of any size."""
     rng = np.random.default_rng(0)
@@ -99,10 +130,12 @@ def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Option
     torch.cuda.synchronize()
     t = events_median(lambda i: calls[i % copies](), iters)
     tb = b2b(lambda i: calls[i % copies](), max(copies, 16), reps=3)
+    tg = graph_b2b(lambda i: calls[i % copies](), max(copies, 16))
     nbytes = 2 * batch * nb * size + 2 * batch * RES * nkv * hd * 2 + batch * n_head * hd * 4 * 2
     grp = n_head // nkv
     kernel = "generic" if calls[0].path != "fast" else ("int8" if grp <= 4 and variant != "subnormal" else "fp16")
-    return dict(ms=t, ms_b2b=tb, bytes=nbytes, splits=calls[0].splits, path=calls[0].path, kernel=kernel, copies=copies)
+    return {"ms": t, "ms_b2b": tb, "ms_graph": tg, "bytes": nbytes, "splits": calls[0].splits,
+            "path": calls[0].path, "kernel": kernel, "copies": copies}
 
 
 def sdpa_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, iters: int) -> dict:
@@ -125,7 +158,7 @@ def sdpa_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, iters: int) 
         except RuntimeError:
             continue
     if backend is None:
-        return dict(sdpa_ms=None)
+        return {"sdpa_ms": None}
 
     def run(i: int) -> None:
         with sdpa_kernel(backend):
@@ -134,8 +167,9 @@ def sdpa_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, iters: int) 
 
     t = events_median(run, iters)
     tb = b2b(run, max(copies, 16), reps=3)
-    return dict(sdpa_ms=t, sdpa_ms_b2b=tb, sdpa_bytes=per_copy + batch * n_head * hd * 4,
-                sdpa_backend=str(backend).split(".")[-1])
+    tg = graph_b2b(run, max(copies, 16))
+    return {"sdpa_ms": t, "sdpa_ms_b2b": tb, "sdpa_ms_graph": tg, "sdpa_bytes": per_copy + batch * n_head * hd * 4,
+                "sdpa_backend": str(backend).split(".")[-1]}
 
 
 def append_case(nkv: int, hd: int, batch: int, opts: R.Options, iters: int = 10) -> dict:
@@ -145,7 +179,7 @@ def append_case(nkv: int, hd: int, batch: int, opts: R.Options, iters: int = 10)
     x = torch.randn((n, opts.chunk, nkv, hd), device="cuda").half()
     dqc.decompose(x[:2], opts=opts)
     t = events_median(lambda i: dqc.decompose(x, opts=opts), iters, warm=2)
-    return dict(append_ms=t, append_chunks=n, append_us_per_token_layer=1e3 * t / (opts.chunk * LAYERS))
+    return {"append_ms": t, "append_chunks": n, "append_us_per_token_layer": 1e3 * t / (opts.chunk * LAYERS)}
 
 
 def fits(n_head: int, nkv: int, hd: int, ctx: int, batch: int, max_gb: float) -> bool:
@@ -189,15 +223,20 @@ def main() -> None:
             for batch in map(int, args.batches.split(",")):
                 if not fits(n_head, nkv, hd, ctx, batch, args.max_gb):
                     continue
-                r = dict(shape=name, n_head=n_head, n_kv=nkv, head_dim=hd, ctx=ctx, res=RES, batch=batch)
+                r = {"shape": name, "n_head": n_head, "n_kv": nkv, "head_dim": hd, "ctx": ctx, "res": RES,
+                     "batch": batch}
                 r.update(dq_case(n_head, nkv, hd, ctx, batch, opts, base, args.iters, args.variant))
                 r.update(sdpa_case(n_head, nkv, hd, ctx, batch, args.iters))
                 r["gbps"] = r["bytes"] / r["ms"] / 1e6
                 r["pct_peak"] = 100 * r["bytes"] / (r["ms"] * 1e-3) / PEAK
                 r["pct_peak_b2b"] = 100 * r["bytes"] / (r["ms_b2b"] * 1e-3) / PEAK
+                if r["ms_graph"]:
+                    r["pct_peak_graph"] = 100 * r["bytes"] / (r["ms_graph"] * 1e-3) / PEAK
                 if r.get("sdpa_ms"):
                     r["speedup"] = r["sdpa_ms"] / r["ms"]
                     r["speedup_b2b"] = r["sdpa_ms_b2b"] / r["ms_b2b"]
+                    if r["ms_graph"] and r.get("sdpa_ms_graph"):
+                        r["speedup_graph"] = r["sdpa_ms_graph"] / r["ms_graph"]
                     r["sdpa_gbps"] = r["sdpa_bytes"] / r["sdpa_ms"] / 1e6
                 if batch in app:
                     a = app[batch]
@@ -207,15 +246,17 @@ def main() -> None:
                 rows.append(r)
                 torch.cuda.empty_cache()
                 print(f"{name:13s} ctx {ctx:6d} b {batch:2d}: dq {r['ms']*1e3:8.1f} us ({r['pct_peak']:5.1f}% peak,"
-                      f" b2b {r['ms_b2b']*1e3:8.1f} us {r['pct_peak_b2b']:5.1f}%)  sdpa {r.get('sdpa_ms', 0)*1e3:8.1f} us"
-                      f"  x{r.get('speedup', 0):.2f} (b2b x{r.get('speedup_b2b', 0):.2f})  splits {r['splits']} {r['kernel']}",
-                      flush=True)
-    meta = dict(device=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
-                lib=dqc.available()[1], preset=args.preset, chunk=args.chunk, variant=args.variant, peak_bytes_per_s=PEAK,
-                seconds=round(time.time() - t0, 1), note=__doc__.split("\n\n")[0])
+                      f" b2b {r['ms_b2b']*1e3:8.1f} us {r['pct_peak_b2b']:5.1f}%)"
+                      f"  sdpa {r.get('sdpa_ms', 0)*1e3:8.1f} us  x{r.get('speedup', 0):.2f}"
+                      f" (b2b x{r.get('speedup_b2b', 0):.2f}, graph {(r['ms_graph'] or 0)*1e3:.1f} us"
+                      f" x{r.get('speedup_graph', 0):.2f})  splits {r['splits']} {r['kernel']}", flush=True)
+    meta = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
+            "torch": torch.__version__, "lib": dqc.available()[1], "preset": args.preset, "chunk": args.chunk,
+            "variant": args.variant, "peak_bytes_per_s": PEAK, "seconds": round(time.time() - t0, 1),
+            "note": __doc__.split("\n\n")[0]}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
     if args.plot:
         plot(rows, meta, args.plot)
 

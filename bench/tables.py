@@ -58,7 +58,8 @@ def attn(path: str) -> str:
            "|---|---|---|---|---|---|---|"]
     for r in d["results"]:
         out.append(f"| {r['shape']} | {r['ctx']} | {r['threads']} | {r['f16_us']:.0f} ({r['f16_us_range'][0]:.0f}–"
-                   f"{r['f16_us_range'][1]:.0f}) | {r['dq_us']:.0f} ({r['dq_us_range'][0]:.0f}–{r['dq_us_range'][1]:.0f})"
+                   f"{r['f16_us_range'][1]:.0f}) | {r['dq_us']:.0f} ({r['dq_us_range'][0]:.0f}–"
+                   f"{r['dq_us_range'][1]:.0f})"
                    f" | {r['speedup']:.2f}× | {r['f16_bytes'] / 2**20:.1f} → {r['dq_bytes'] / 2**20:.2f} MiB |")
     return "\n".join(out)
 
@@ -72,20 +73,30 @@ CUDA_CASES += [("qwen2.5-1.5b", 4096, 1), ("qwen2.5-1.5b", 32768, 1), ("qwen2.5-
 CUDA_GOAL = {("llama3-8b", 32768, 1), ("llama3-8b", 32768, 8)}
 
 
+def _us(*ms: float | None) -> str:
+    return " / ".join("–" if m is None else f"{m * 1e3:.1f}" for m in ms)
+
+
+def _x(*v: float | None, fmt: str = "{:.2f}") -> str:
+    return " / ".join("–" if x is None else fmt.format(x) for x in v)
+
+
 def attn_cuda(path: str) -> str:
+    """Times: single launch / back-to-back / back-to-back replayed from a CUDA graph."""
     d = _load(path)
     rows = {(r["shape"], r["ctx"], r["batch"]): r for r in d["rows"]}
-    out = [("| shape | ctx | batch | DQ4 µs (single / b2b) | MB read | % of 4.8 TB/s | SDPA FP16 µs (single / b2b) "
-            "| speedup | kernel |"), "|---|---|---|---|---|---|---|---|---|"]
+    out = [("| shape | ctx | batch | DQ4 µs (single / b2b / graph) | MB read | % of 4.8 TB/s (single / b2b / graph) "
+            "| SDPA FP16 µs (single / b2b / graph) | speedup (single / b2b / graph) | kernel |"),
+           "|---|---|---|---|---|---|---|---|---|"]
     for key in CUDA_CASES:
         if key not in rows:
             continue
         r, b = rows[key], "**" if key in CUDA_GOAL else ""
         cells = [f"{b}{key[0]}{b}", f"{b}{key[1] // 1024}K{b}", f"{b}{key[2]}{b}",
-                 f"{b}{r['ms'] * 1e3:.1f} / {r['ms_b2b'] * 1e3:.1f}{b}", f"{r['bytes'] / 1e6:.0f}",
-                 f"{b}{r['pct_peak']:.0f} / {r['pct_peak_b2b']:.0f}{b}",
-                 f"{r['sdpa_ms'] * 1e3:.1f} / {r['sdpa_ms_b2b'] * 1e3:.1f}",
-                 f"{b}{r['speedup']:.2f} / {r['speedup_b2b']:.2f}{b}", r["kernel"]]
+                 f"{b}{_us(r['ms'], r['ms_b2b'], r.get('ms_graph'))}{b}", f"{r['bytes'] / 1e6:.0f}",
+                 f"{b}{_x(r['pct_peak'], r['pct_peak_b2b'], r.get('pct_peak_graph'), fmt='{:.0f}')}{b}",
+                 _us(r["sdpa_ms"], r["sdpa_ms_b2b"], r.get("sdpa_ms_graph")),
+                 f"{b}{_x(r['speedup'], r['speedup_b2b'], r.get('speedup_graph'))}{b}", r["kernel"]]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -94,7 +105,8 @@ def attn_cuda_summary(path: str) -> str:
     """The goal cases of both presets and a few neighbours (docs/RESULTS.md, section 5)."""
     d = _load(path)
     presets = [("paper", d["rows"]), ("default", d.get("default_preset", {}).get("rows", []))]
-    out = ["| shape | ctx | batch | preset | DQ4 µs (single / b2b) | % of 4.8 TB/s (b2b) | speedup vs SDPA (single / b2b) |",
+    out = [("| shape | ctx | batch | preset | DQ4 µs (single / b2b / graph) | % of 4.8 TB/s (b2b / graph) "
+           "| speedup vs SDPA (single / b2b / graph) |"),
            "|---|---|---|---|---|---|---|"]
     for key in [("llama3-8b", 32768, 1), ("llama3-8b", 32768, 8), ("llama3-8b", 131072, 8), ("llama2-7b", 32768, 8),
                 ("qwen2.5-1.5b", 32768, 8)]:
@@ -102,8 +114,10 @@ def attn_cuda_summary(path: str) -> str:
             r = next((r for r in rows if (r["shape"], r["ctx"], r["batch"]) == key), None)
             if r is None:
                 continue
-            out.append(f"| {key[0]} | {key[1] // 1024}K | {key[2]} | {name} | {r['ms'] * 1e3:.1f} / {r['ms_b2b'] * 1e3:.1f} | "
-                       f"{r['pct_peak_b2b']:.0f} % | {r['speedup']:.2f}x / {r['speedup_b2b']:.2f}x |")
+            pct = _x(r["pct_peak_b2b"], r.get("pct_peak_graph"), fmt="{:.0f} %")
+            sp = _x(r["speedup"], r["speedup_b2b"], r.get("speedup_graph"), fmt="{:.2f}x")
+            out.append(f"| {key[0]} | {key[1] // 1024}K | {key[2]} | {name} | "
+                       f"{_us(r['ms'], r['ms_b2b'], r.get('ms_graph'))} | {pct} | {sp} |")
     return "\n".join(out)
 
 
