@@ -119,7 +119,8 @@ def main() -> None:
                 continue
             ek, ev, ea, bpv = [], [], [], []
             for li in layers:
-                k, v, q = k_all[li].astype(np.float32), v_all[li].astype(np.float32), q_all[li, q_pos].astype(np.float32)
+                k, v = k_all[li].astype(np.float32), v_all[li].astype(np.float32)
+                q = q_all[li, q_pos].astype(np.float32)
                 kh, bk = fk(k, bits)
                 vh, bv = fv(v, bits)
                 ref = attention(q, k, v, q_pos)

@@ -194,8 +194,8 @@ def machine_block(all_reps: list[dict[str, Any]], benches: dict[str, dict[str, A
          f"{v.get('llama_cpp_python')}, kernels {v.get('kernels')}. 1-minute load average when each run started: "
          f"{min(loads):.2f}–{max(loads):.2f}." if loads else "")
     if spreads:
-        s += (f" Speed noise: the (max − min) / median spread of the repeats is {100 * statistics.median(spreads):.0f}% "
-              f"at the median and {100 * max(spreads):.0f}% at worst.")
+        s += (" Speed noise: the (max − min) / median spread of the repeats is "
+              f"{100 * statistics.median(spreads):.0f}% at the median and {100 * max(spreads):.0f}% at worst.")
     return s
 
 

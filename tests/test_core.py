@@ -95,8 +95,8 @@ def test_fused_matches_reference_blocked_attention(rng: np.random.Generator) -> 
     q = rng.standard_normal((3, 4, 32)).astype(np.float32)
     q_pos = np.array([10, 130, 255])
     ref = R.attention_blocks(q, R.compress(k, o), R.compress(v, o), k[:0], v[:0], q_pos)
-    out = decoquant.attention(q, decoquant.compress(k, 4, "paper", chunk=64), decoquant.compress(v, 4, "paper", chunk=64),
-                              q_pos=q_pos)
+    kc, vc = decoquant.compress(k, 4, "paper", chunk=64), decoquant.compress(v, 4, "paper", chunk=64)
+    out = decoquant.attention(q, kc, vc, q_pos=q_pos)
     assert np.linalg.norm(out - ref) <= 1e-4 * np.linalg.norm(ref)
 
 

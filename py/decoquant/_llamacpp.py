@@ -64,7 +64,8 @@ class LlamaModel:
         self.n_head = self._meta_int("attention.head_count")
         self.n_head_kv = self._meta_int("attention.head_count_kv", self.n_head)
         self.n_ctx_train = self._meta_int("context_length")
-        self.head_dim = self._meta_int("attention.key_length", self._meta_int("embedding_length") // max(1, self.n_head))
+        self.head_dim = self._meta_int("attention.key_length",
+                                       self._meta_int("embedding_length") // max(1, self.n_head))
 
     def _meta_int(self, key: str, default: int = 0) -> int:
         v = self.meta(f"{self.arch}.{key}")

@@ -210,7 +210,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("-c", "--ctx", type=int, default=1024, metavar="N", help="tokens per chunk; default 1024")
     ap.add_argument("--chunks", type=int, default=4, metavar="N", help="number of chunks; default 4")
     ap.add_argument("--kv", default=DEFAULT_KV, metavar="LIST",
-                    help=f"comma-separated caches: f16, dqN, paperN, kAvB, llama:TYPE, NAME+opt=val; default {DEFAULT_KV}")
+                    help="comma-separated caches: f16, dqN, paperN, kAvB, llama:TYPE, NAME+opt=val; "
+                         f"default {DEFAULT_KV}")
     ap.add_argument("--ref", default="f16", metavar="CACHE", help="reference cache for KLD and top-1; default f16")
     ap.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="CPU threads; default all")
     ap.add_argument("--json", default=None, metavar="FILE",

@@ -30,7 +30,7 @@ from ._llama import import_llama_cpp
 from .engine import Engine, EngineError
 
 llama_cpp = import_llama_cpp()
-from llama_cpp._utils import suppress_stdout_stderr
+from llama_cpp._utils import suppress_stdout_stderr  # noqa: E402 (after import_llama_cpp: it picks the library)
 
 KV_CACHES = ("decoquant", "f16")
 # Engine options (reference.Options) accepted as kwargs; bits come from kv_bits_k / kv_bits_v

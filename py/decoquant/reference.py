@@ -22,7 +22,8 @@ class Options:
     """One K or V stream's compression settings (the knobs of docs/FORMAT.md)."""
 
     bits: int = 4
-    scale: str = "token"  # token: one scale per token and scope group; row: per 16 values; channel: per channel per chunk
+    # token: one scale per token and scope group; row: per 16 values; channel: per channel per chunk
+    scale: str = "token"
     asym: bool = False  # asymmetric codes (scale + min) instead of symmetric absmax
     scope: str = "layer"  # layer: one B for all KV heads; head: one B per KV head
     gauge: float = 0.5  # A = U S^gauge, B = S^(1-gauge) V^T ; the paper splits S evenly
@@ -144,7 +145,8 @@ def qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
-def quantize_groups(a: np.ndarray, bits: int, asym: bool, axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_groups(a: np.ndarray, bits: int, asym: bool,
+                    axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize a (float32) with one FP16 scale (and min) per group, reducing over `axis`.
 
     Returns (codes as unsigned ints, scale, min). Symmetric: u = q + qmax, q in [-qmax, qmax].
