@@ -247,6 +247,30 @@ __device__ __forceinline__ void merge_splits(const FastArgs & a, WS * all, int s
     }
 }
 
+// out += P V over the span's n rows (RS bytes apart from sv): coff = the byte offset of this thread's
+// channels 16 g + 2 t (+ 8), Pf = the weights [head][RP], out[mt][nt][e] as in the kernels.
+template <int MT2, int UNROLL>
+__device__ __forceinline__ void span_accumulate_v(const uint8_t * sv, int coff, const float * Pf, int n,
+                                                  float (&out)[MT2][2][4]) {
+#pragma unroll UNROLL
+    for (int l = 0; l < n; l++) {
+        const uint8_t * row = sv + l * RS + coff;
+        const float2 v0 = h22f(*(const uint32_t *) row), v1 = h22f(*(const uint32_t *) (row + 16));
+#pragma unroll
+        for (int mt = 0; mt < MT2; mt++) {
+            const float p0 = Pf[(2 * mt) * RP + l], p1 = Pf[(2 * mt + 1) * RP + l];
+            out[mt][0][0] = fmaf(p0, v0.x, out[mt][0][0]);
+            out[mt][0][1] = fmaf(p0, v0.y, out[mt][0][1]);
+            out[mt][0][2] = fmaf(p1, v0.x, out[mt][0][2]);
+            out[mt][0][3] = fmaf(p1, v0.y, out[mt][0][3]);
+            out[mt][1][0] = fmaf(p0, v1.x, out[mt][1][0]);
+            out[mt][1][1] = fmaf(p0, v1.y, out[mt][1][1]);
+            out[mt][1][2] = fmaf(p1, v1.x, out[mt][1][2]);
+            out[mt][1][3] = fmaf(p1, v1.y, out[mt][1][3]);
+        }
+    }
+}
+
 template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32, 3) k_attn_fast(const FastArgs a) {
     constexpr int MT2 = NH / 2;             // m-tiles of (head, row) pairs in the B_v product
     using WS = WarpSmem<NH>;
@@ -722,23 +746,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
                     out[mt][nt][3] *= c1;
                 }
             }
-#pragma unroll 1
-            for (int l = 0; l < n; l++) {
-                const uint8_t * row = sv + l * RS + 2 * (16 * g + 2 * t);
-                const float2 v0 = h22f(*(const uint32_t *) row), v1 = h22f(*(const uint32_t *) (row + 16));
-#pragma unroll
-                for (int mt = 0; mt < MT2; mt++) {
-                    const float p0 = Pf[(2 * mt) * RP + l], p1 = Pf[(2 * mt + 1) * RP + l];
-                    out[mt][0][0] = fmaf(p0, v0.x, out[mt][0][0]);
-                    out[mt][0][1] = fmaf(p0, v0.y, out[mt][0][1]);
-                    out[mt][0][2] = fmaf(p1, v0.x, out[mt][0][2]);
-                    out[mt][0][3] = fmaf(p1, v0.y, out[mt][0][3]);
-                    out[mt][1][0] = fmaf(p0, v1.x, out[mt][1][0]);
-                    out[mt][1][1] = fmaf(p0, v1.y, out[mt][1][1]);
-                    out[mt][1][2] = fmaf(p1, v1.x, out[mt][1][2]);
-                    out[mt][1][3] = fmaf(p1, v1.y, out[mt][1][3]);
-                }
-            }
+            span_accumulate_v<MT2, 1>(sv, 2 * (16 * g + 2 * t), Pf, n, out);
         }
         __syncwarp();
         issue_unit(a, ws.slot[0], un, u1, 0, seq, kvh, b0, nbu, nres, lane, sw_issue);

@@ -63,11 +63,7 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     return d;
 }
 __device__ __forceinline__ int i8_as_off(int row) { return row * 48 + (row >> 3) * 32; }
-__device__ __forceinline__ float sel4(const float (&v)[I8_NH], int h) {
-    return h == 0 ? v[0] : h == 1 ? v[1] : h == 2 ? v[2] : v[3];
-}
-
-__device__ __forceinline__ int sel4i(const int (&v)[I8_NH], int h) {
+template <typename T> __device__ __forceinline__ T sel4(const T (&v)[I8_NH], int h) {
     return h == 0 ? v[0] : h == 1 ? v[1] : h == 2 ? v[2] : v[3];
 }
 // Warp max of a float in one redux: the bits, negatives flipped, order as signed integers.
@@ -90,6 +86,22 @@ __device__ __forceinline__ float sum4_heads(const float (&v)[I8_NH], int lane) {
     x += __shfl_xor_sync(FULL, x, 2);
     x += __shfl_xor_sync(FULL, x, 1);
     return x;
+}
+
+// out *= the softmax correction of each row's head: rows (2 mt, g) and (2 mt + 1, g) of a thread
+// belong to the heads of lanes 16 mt and 16 mt + 8.
+__device__ __forceinline__ void rescale_out(float (&out)[2][2][4], float corr) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+        const float c0 = __shfl_sync(0xffffffffu, corr, 16 * mt), c1 = __shfl_sync(0xffffffffu, corr, 16 * mt + 8);
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            out[mt][nt][0] *= c0;
+            out[mt][nt][1] *= c0;
+            out[mt][nt][2] *= c1;
+            out[mt][nt][3] *= c1;
+        }
+    }
 }
 
 // Block pointer of unit u (K or V), loaded a unit ahead of its use. The index is clamped to the
@@ -407,7 +419,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
                 fk = sel4(fkh, hq);
                 {
-                    const int syh = sel4i(sy, hq), sd2h = sel4i(sd2, hq);
+                    const int syh = sel4(sy, hq), sd2h = sel4(sd2, hq);
                     // a row's digit sum: rows of digits 0 and 1 (y - 2^16 d2), or of digit 2 (odd lanes, D3)
                     q1s = D3 && (g & 1) ? sd2h : syh - 65536 * sd2h;
                     q1f = D3 ? (float) (syh - 65536 * sd2h) + 65536.0f * (float) sd2h : (float) syh;
@@ -612,15 +624,11 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
                 __syncwarp();  // the next unit's V may land now
                 issue_v(pv1, un);
+                rescale_out(out, corr);
 #pragma unroll
                 for (int mt = 0; mt < MT2; mt++) {
-                    const float c0 = __shfl_sync(FULL, corr, 16 * mt), c1 = __shfl_sync(FULL, corr, 16 * mt + 8);
 #pragma unroll
                     for (int nt = 0; nt < 2; nt++) {
-                        out[mt][nt][0] *= c0;
-                        out[mt][nt][1] *= c0;
-                        out[mt][nt][2] *= c1;
-                        out[mt][nt][3] *= c1;
                         mma16816(out[mt][nt], ahi[mt][0], ahi[mt][1], ahi[mt][2], ahi[mt][3], bv[2 * nt], bv[2 * nt + 1]);
                         mma16816(out[mt][nt], alo[mt][0], alo[mt][1], alo[mt][2], alo[mt][3], bv[2 * nt], bv[2 * nt + 1]);
                     }
@@ -693,34 +701,8 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             l_run = l_run * corr + (t == 0 ? sg : 0.0f);
             cp_wait<1>();  // this unit's V rows
             __syncwarp();
-#pragma unroll
-            for (int mt = 0; mt < MT2; mt++) {
-                const float c0 = __shfl_sync(FULL, corr, 16 * mt), c1 = __shfl_sync(FULL, corr, 16 * mt + 8);
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++) {
-                    out[mt][nt][0] *= c0;
-                    out[mt][nt][1] *= c0;
-                    out[mt][nt][2] *= c1;
-                    out[mt][nt][3] *= c1;
-                }
-            }
-#pragma unroll 4
-            for (int l = 0; l < n; l++) {
-                const uint8_t * row = sv + l * RS + 2 * (16 * g + 2 * t);
-                const float2 v0 = h22f(*(const uint32_t *) row), v1 = h22f(*(const uint32_t *) (row + 16));
-#pragma unroll
-                for (int mt = 0; mt < MT2; mt++) {
-                    const float p0 = Pf[(2 * mt) * RP + l], p1 = Pf[(2 * mt + 1) * RP + l];
-                    out[mt][0][0] = fmaf(p0, v0.x, out[mt][0][0]);
-                    out[mt][0][1] = fmaf(p0, v0.y, out[mt][0][1]);
-                    out[mt][0][2] = fmaf(p1, v0.x, out[mt][0][2]);
-                    out[mt][0][3] = fmaf(p1, v0.y, out[mt][0][3]);
-                    out[mt][1][0] = fmaf(p0, v1.x, out[mt][1][0]);
-                    out[mt][1][1] = fmaf(p0, v1.y, out[mt][1][1]);
-                    out[mt][1][2] = fmaf(p1, v1.x, out[mt][1][2]);
-                    out[mt][1][3] = fmaf(p1, v1.y, out[mt][1][3]);
-                }
-            }
+            rescale_out(out, corr);
+            span_accumulate_v<MT2, 4>(sv, 2 * (16 * g + 2 * t), Pf, n, out);
             __syncwarp();
             issue_v(pv1, un);
         }
