@@ -108,8 +108,9 @@ def base_blocks(opts: R.Options, nkv: int, hd: int, n: int = 16) -> torch.Tensor
     return dqc.decompose(xt, opts=opts)
 
 
-def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Options, base: torch.Tensor,
-            iters: int, variant: str, n_split: int = 0) -> dict:
+def dq_calls(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Options, base: torch.Tensor,
+             variant: str, n_split: int = 0) -> list:
+    """Prepared launches over enough copies of the cache (>= ROTATE_BYTES) that nothing stays in L2."""
     nb = ctx // opts.chunk
     size = base.shape[1]
     per_copy = 2 * batch * nb * size + 2 * batch * RES * nkv * hd * 2
@@ -128,14 +129,23 @@ def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Option
         calls.append(dqc.prepare_attention(q, kb, vb, table, opts, opts, k_res=kr, v_res=vr, variant=variant,
                                            n_split=n_split))
     torch.cuda.synchronize()
+    return calls
+
+
+def kernel_name(call, n_head: int, nkv: int, variant: str) -> str:
+    return "generic" if call.path != "fast" else ("int8" if n_head // nkv <= 4 and variant != "subnormal" else "fp16")
+
+
+def dq_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, opts: R.Options, base: torch.Tensor,
+            iters: int, variant: str, n_split: int = 0) -> dict:
+    calls = dq_calls(n_head, nkv, hd, ctx, batch, opts, base, variant, n_split)
+    copies = len(calls)
     t = events_median(lambda i: calls[i % copies](), iters)
     tb = b2b(lambda i: calls[i % copies](), max(copies, 16), reps=3)
     tg = graph_b2b(lambda i: calls[i % copies](), max(copies, 16))
-    nbytes = 2 * batch * nb * size + 2 * batch * RES * nkv * hd * 2 + batch * n_head * hd * 4 * 2
-    grp = n_head // nkv
-    kernel = "generic" if calls[0].path != "fast" else ("int8" if grp <= 4 and variant != "subnormal" else "fp16")
+    nbytes = 2 * batch * (ctx // opts.chunk) * base.shape[1] + 2 * batch * RES * nkv * hd * 2 + batch * n_head * hd * 8
     return {"ms": t, "ms_b2b": tb, "ms_graph": tg, "bytes": nbytes, "splits": calls[0].splits,
-            "path": calls[0].path, "kernel": kernel, "copies": copies}
+            "path": calls[0].path, "kernel": kernel_name(calls[0], n_head, nkv, variant), "copies": copies}
 
 
 def sdpa_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, iters: int) -> dict:
@@ -169,7 +179,7 @@ def sdpa_case(n_head: int, nkv: int, hd: int, ctx: int, batch: int, iters: int) 
     tb = b2b(run, max(copies, 16), reps=3)
     tg = graph_b2b(run, max(copies, 16))
     return {"sdpa_ms": t, "sdpa_ms_b2b": tb, "sdpa_ms_graph": tg, "sdpa_bytes": per_copy + batch * n_head * hd * 4,
-                "sdpa_backend": str(backend).split(".")[-1]}
+            "sdpa_backend": str(backend).split(".")[-1]}
 
 
 def append_case(nkv: int, hd: int, batch: int, opts: R.Options, iters: int = 10) -> dict:

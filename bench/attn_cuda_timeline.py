@@ -43,36 +43,24 @@ def quantiles(x: np.ndarray) -> dict:
 def one_case(lib: ctypes.CDLL, preset: str, chunk: int, batch: int, ctx: int) -> dict:
     n_head, nkv, hd = bench.SHAPES["llama3-8b"]
     opts = R.options(4, preset, chunk=chunk)
-    base = bench.base_blocks(opts, nkv, hd)
-    captured = {}
-
-    def capture(fn, *args, **kwargs) -> float:  # dq_case's timers: keep its rotating call instead
-        captured["fn"] = fn
-        return 0.0
-
-    timers = bench.events_median, bench.b2b, bench.graph_b2b
-    bench.events_median = bench.b2b = bench.graph_b2b = capture
-    try:
-        info = bench.dq_case(n_head, nkv, hd, ctx, batch, opts, base, 1, "default")
-    finally:
-        bench.events_median, bench.b2b, bench.graph_b2b = timers
-    if info["kernel"] != "int8":
-        raise SystemExit(f"the timeline covers the int8 kernel only, this case runs {info['kernel']}")
-    call = captured["fn"]
+    calls = bench.dq_calls(n_head, nkv, hd, ctx, batch, opts, bench.base_blocks(opts, nkv, hd), "default")
+    kernel = bench.kernel_name(calls[0], n_head, nkv, "default")
+    if kernel != "int8":
+        raise SystemExit(f"the timeline covers the int8 kernel only, this case runs {kernel}")
     for i in range(32):
-        call(i)
+        calls[i % len(calls)]()
     torch.cuda.synchronize()
     for i in range(16):  # back to back, like consecutive layers: the last launch is read
-        call(i)
+        calls[i % len(calls)]()
     torch.cuda.synchronize()
     tc, tw = read_times(lib)
-    n = info["splits"] * nkv * batch
+    n = calls[0].splits * nkv * batch
     tc, tw = tc[:n], tw[:n]
     t0 = tc[:, 0].min()
     warp_done = tw[:, :, 1]
     first_k = tw[:, :, 0][tw[:, :, 0] > 0]
     us = 1e-3
-    return {"preset": preset, "chunk": chunk, "batch": batch, "ctx": ctx, "ctas": n, "splits": info["splits"],
+    return {"preset": preset, "chunk": chunk, "batch": batch, "ctx": ctx, "ctas": n, "splits": calls[0].splits,
             "span_us": round(float(tc[:, 1].max() - t0) * us, 2),
             "first_k_landed_us": quantiles((first_k - t0) * us),
             "warp_done_us": quantiles((warp_done.ravel() - t0) * us),
