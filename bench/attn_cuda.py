@@ -192,6 +192,25 @@ def append_case(nkv: int, hd: int, batch: int, opts: R.Options, iters: int = 10)
     return {"append_ms": t, "append_chunks": n, "append_us_per_token_layer": 1e3 * t / (opts.chunk * LAYERS)}
 
 
+def read_ceiling(nbytes: int, iters: int) -> dict:
+    """The same byte count read by a launch that does nothing else (dq_cuda_read_probe), best of a
+    few grid shapes, timed like the attention (single / b2b / graph, rotating copies past L2)."""
+    n16 = -(-nbytes // 16) * 16
+    copies = max(1, min(16, -(-ROTATE_BYTES // n16)))
+    buf = torch.randint(0, 255, (copies, n16), dtype=torch.uint8, device="cuda")
+    sink = torch.zeros(4, dtype=torch.int32, device="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    def launcher(blocks: int, threads: int):
+        return lambda i: dqc.read_probe(buf[i % copies], blocks, threads, sink)
+
+    grids = [(sms * per_sm, th) for per_sm in (1, 2, 4, 8) for th in (256, 512, 1024) if per_sm * th <= 2048]
+    t_b2b, grid = min((b2b(launcher(*gr), max(copies, 16), reps=3), gr) for gr in grids)
+    run = launcher(*grid)
+    return {"ceiling_ms": events_median(run, iters), "ceiling_ms_b2b": t_b2b,
+            "ceiling_ms_graph": graph_b2b(run, max(copies, 16)), "ceiling_grid": list(grid)}
+
+
 def fits(n_head: int, nkv: int, hd: int, ctx: int, batch: int, max_gb: float) -> bool:
     fp16 = 2 * batch * nkv * (ctx + RES) * hd * 2
     return fp16 <= max_gb * 1e9
@@ -211,6 +230,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--ctxs", default=",".join(map(str, CTXS)))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the read-only launch of the same bytes")
     args = ap.parse_args()
     ok, why = dqc.available()
     if not ok:
@@ -235,8 +255,13 @@ def main() -> None:
                     continue
                 r = {"shape": name, "n_head": n_head, "n_kv": nkv, "head_dim": hd, "ctx": ctx, "res": RES,
                      "batch": batch}
-                r.update(dq_case(n_head, nkv, hd, ctx, batch, opts, base, args.iters, args.variant))
+                r.update(dq_case(n_head, nkv, hd, ctx, batch, opts, base, args.iters, args.variant, args.splits))
                 r.update(sdpa_case(n_head, nkv, hd, ctx, batch, args.iters))
+                if not args.no_ceiling:
+                    r.update(read_ceiling(r["bytes"], args.iters))
+                    for k in ("", "_b2b", "_graph"):
+                        if r["ms" + k] and r["ceiling_ms" + k]:
+                            r["pct_ceiling" + k] = 100 * r["ceiling_ms" + k] / r["ms" + k]
                 r["gbps"] = r["bytes"] / r["ms"] / 1e6
                 r["pct_peak"] = 100 * r["bytes"] / (r["ms"] * 1e-3) / PEAK
                 r["pct_peak_b2b"] = 100 * r["bytes"] / (r["ms_b2b"] * 1e-3) / PEAK
@@ -259,7 +284,8 @@ def main() -> None:
                       f" b2b {r['ms_b2b']*1e3:8.1f} us {r['pct_peak_b2b']:5.1f}%)"
                       f"  sdpa {r.get('sdpa_ms', 0)*1e3:8.1f} us  x{r.get('speedup', 0):.2f}"
                       f" (b2b x{r.get('speedup_b2b', 0):.2f}, graph {(r['ms_graph'] or 0)*1e3:.1f} us"
-                      f" x{r.get('speedup_graph', 0):.2f})  splits {r['splits']} {r['kernel']}", flush=True)
+                      f" x{r.get('speedup_graph', 0):.2f})  ceiling {r.get('ceiling_ms_graph', 0) * 1e3:.1f} us graph"
+                      f" ({r.get('pct_ceiling_graph', 0):.0f}%)  splits {r['splits']} {r['kernel']}", flush=True)
     meta = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "lib": dqc.available()[1], "preset": args.preset, "chunk": args.chunk,
             "variant": args.variant, "peak_bytes_per_s": PEAK, "seconds": round(time.time() - t0, 1),

@@ -89,6 +89,11 @@ DQ_API size_t dq_cuda_attn_work_size(const dq_cuda_attn_params * p);
 DQ_API int    dq_cuda_attn_work_init(const dq_cuda_attn_params * p, dq_cuda_stream stream);
 DQ_API int    dq_cuda_attn(const dq_cuda_attn_params * p, dq_cuda_stream stream);
 
+// Benchmark helper: one launch of `blocks` x `threads` that only reads `bytes` (a multiple of 16)
+// from device memory `src`; `sink` is one device word. The read ceiling the attention is judged by.
+DQ_API int    dq_cuda_read_probe(const void * src, size_t bytes, int blocks, int threads, void * sink,
+                                 dq_cuda_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -50,6 +50,7 @@ int dq_cuda_attn_splits(const dq_cuda_attn_params * p);
 size_t dq_cuda_attn_work_size(const dq_cuda_attn_params * p);
 int dq_cuda_attn_work_init(const dq_cuda_attn_params * p, void * stream);
 int dq_cuda_attn(const dq_cuda_attn_params * p, void * stream);
+int dq_cuda_read_probe(const void * src, size_t bytes, int blocks, int threads, void * sink, void * stream);
 """
 
 SCALE_MODE = {"token": 0, "row": 1, "channel": 2}
@@ -321,3 +322,12 @@ def prepare_attention(q: Any, k_blocks: Any, v_blocks: Any, block_table: Sequenc
 def attention(*args: Any, **kwargs: Any) -> Any:
     """prepare_attention(...)() : float32 [n_seq, n_q, n_head, hd] (see prepare_attention)."""
     return prepare_attention(*args, **kwargs)()
+
+
+def read_probe(src: Any, blocks: int, threads: int, sink: Any) -> None:
+    """Benchmark helper: one launch that only reads the bytes of the CUDA tensor `src` (a multiple
+    of 16); `sink` is a CUDA tensor of at least 4 bytes. See dq_cuda_read_probe."""
+    ffi, lib, torch = _load()
+    nbytes = src.numel() * src.element_size()
+    _check(lib.dq_cuda_read_probe(_ptr(ffi, src), nbytes, blocks, threads, _ptr(ffi, sink), _stream(torch)),
+           "dq_cuda_read_probe")
