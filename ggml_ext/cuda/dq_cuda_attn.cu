@@ -247,6 +247,39 @@ __device__ __forceinline__ void merge_splits(const FastArgs & a, WS * all, int s
     }
 }
 
+// s[h] = q_s[h] . k for the FP16 row k (this lane's token, at krow), fp32 FMAs in channel order.
+template <int NH, int UNROLL>
+__device__ __forceinline__ void span_scores(const uint8_t * krow, const float * q_s, float (&s)[NH]) {
+#pragma unroll
+    for (int h = 0; h < NH; h++) {
+        s[h] = 0.0f;
+    }
+#pragma unroll UNROLL
+    for (int k = 0; k < 16; k++) {
+        const uint4 raw = *(const uint4 *) (krow + 16 * k);
+        float kf[8];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = h22f(word4(raw, e));
+            kf[2 * e] = f.x;
+            kf[2 * e + 1] = f.y;
+        }
+#pragma unroll
+        for (int h = 0; h < NH; h++) {
+            const float4 qa = *(const float4 *) (q_s + h * HD + 8 * k);
+            const float4 qb = *(const float4 *) (q_s + h * HD + 8 * k + 4);
+            s[h] = fmaf(qa.x, kf[0], s[h]);
+            s[h] = fmaf(qa.y, kf[1], s[h]);
+            s[h] = fmaf(qa.z, kf[2], s[h]);
+            s[h] = fmaf(qa.w, kf[3], s[h]);
+            s[h] = fmaf(qb.x, kf[4], s[h]);
+            s[h] = fmaf(qb.y, kf[5], s[h]);
+            s[h] = fmaf(qb.z, kf[6], s[h]);
+            s[h] = fmaf(qb.w, kf[7], s[h]);
+        }
+    }
+}
+
 // out += P V over the span's n rows (RS bytes apart from sv): coff = the byte offset of this thread's
 // channels 16 g + 2 t (+ 8), Pf = the weights [head][RP], out[mt][nt][e] as in the kernels.
 template <int MT2, int UNROLL>
@@ -667,34 +700,7 @@ template <int NH, bool KCH, bool VCH> __global__ void __launch_bounds__(FW * 32,
             const int tok0 = (u - nbu) * RP;
             const int n = nres - tok0 < RP ? nres - tok0 : RP;
             float s[NH];
-#pragma unroll
-            for (int h = 0; h < NH; h++) {
-                s[h] = 0.0f;
-            }
-#pragma unroll 1
-            for (int k = 0; k < 16; k++) {
-                const uint4 raw = *(const uint4 *) (sk + lane * RS + 16 * k);
-                float kf[8];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float2 f = h22f(word4(raw, e));
-                    kf[2 * e] = f.x;
-                    kf[2 * e + 1] = f.y;
-                }
-#pragma unroll
-                for (int h = 0; h < NH; h++) {
-                    const float4 qa = *(const float4 *) (q_s + h * HD + 8 * k);
-                    const float4 qb = *(const float4 *) (q_s + h * HD + 8 * k + 4);
-                    s[h] = fmaf(qa.x, kf[0], s[h]);
-                    s[h] = fmaf(qa.y, kf[1], s[h]);
-                    s[h] = fmaf(qa.z, kf[2], s[h]);
-                    s[h] = fmaf(qa.w, kf[3], s[h]);
-                    s[h] = fmaf(qb.x, kf[4], s[h]);
-                    s[h] = fmaf(qb.y, kf[5], s[h]);
-                    s[h] = fmaf(qb.z, kf[6], s[h]);
-                    s[h] = fmaf(qb.w, kf[7], s[h]);
-                }
-            }
+            span_scores<NH, 1>(sk + lane * RS, q_s, s);
             float * Pf = reinterpret_cast<float *>(ws.scratch);
             // every head's softmax state is kept by the threads g == head: broadcast it
             float mh[NH], lsum[NH];

@@ -639,34 +639,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             const int tok0 = (u - nbu) * RP;
             const int n = nres - tok0 < RP ? nres - tok0 : RP;
             float s[NH];
-#pragma unroll
-            for (int h = 0; h < NH; h++) {
-                s[h] = 0.0f;
-            }
-#pragma unroll 4
-            for (int k = 0; k < 16; k++) {  // (unrolled: one 32-token span took 2 us more than a 128-token block unit)
-                const uint4 raw = *(const uint4 *) (sk + lane * RS + 16 * k);
-                float kf[8];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float2 f = h22f(word4(raw, e));
-                    kf[2 * e] = f.x;
-                    kf[2 * e + 1] = f.y;
-                }
-#pragma unroll
-                for (int h = 0; h < NH; h++) {
-                    const float4 qa = *(const float4 *) (q_s + h * HD + 8 * k);
-                    const float4 qb = *(const float4 *) (q_s + h * HD + 8 * k + 4);
-                    s[h] = fmaf(qa.x, kf[0], s[h]);
-                    s[h] = fmaf(qa.y, kf[1], s[h]);
-                    s[h] = fmaf(qa.z, kf[2], s[h]);
-                    s[h] = fmaf(qa.w, kf[3], s[h]);
-                    s[h] = fmaf(qb.x, kf[4], s[h]);
-                    s[h] = fmaf(qb.y, kf[5], s[h]);
-                    s[h] = fmaf(qb.z, kf[6], s[h]);
-                    s[h] = fmaf(qb.w, kf[7], s[h]);
-                }
-            }
+            span_scores<NH, 4>(sk + lane * RS, q_s, s);  // (unrolled: a 32-token span took 2 us more than a block unit)
             __syncwarp();
             issue_k(pk1, un);
             float * Pf = reinterpret_cast<float *>(ws.scratch);
