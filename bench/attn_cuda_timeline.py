@@ -1,6 +1,7 @@
 """Timeline of one fused-attention launch: when each CTA starts and ends, when each warp's first
 K unit lands and when its last unit is done (globaltimer, ns). Shows where a launch loses time:
-the start-up chain, warps of one CTA finishing apart, CTAs finishing apart, the split merge.
+the start-up chain, warps of one CTA finishing apart, CTAs finishing apart (and on which SMs),
+the split merge.
 
 Needs a diagnostics build of the CUDA library (the kernel records the times into a device array):
 
@@ -66,7 +67,9 @@ def one_case(lib: ctypes.CDLL, preset: str, chunk: int, batch: int, ctx: int) ->
             "warp_done_us": quantiles((warp_done.ravel() - t0) * us),
             "cta_end_us": quantiles((tc[:, 1] - t0) * us),
             "warp_done_spread_in_cta_us": quantiles((warp_done.max(1) - warp_done.min(1)) * us),
-            "merge_after_last_warp_us": quantiles((tc[:, 1] - warp_done.max(1)) * us)}
+            "merge_after_last_warp_us": quantiles((tc[:, 1] - warp_done.max(1)) * us),
+            # the same work ends later on some SMs, the same ones launch after launch
+            "cta_end_us_by_sm": {int(sm): round(float(e - t0) * us, 2) for sm, e in sorted(zip(tc[:, 2], tc[:, 1]))}}
 
 
 def main() -> None:

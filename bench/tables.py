@@ -81,13 +81,21 @@ def _x(*v: float | None, fmt: str = "{:.2f}") -> str:
     return " / ".join("–" if x is None else fmt.format(x) for x in v)
 
 
+def _ceiling(r: dict) -> str:
+    """The read probe's graph time on the case's bytes, and DQ's graph time as a share of it."""
+    if not r.get("ceiling_ms_graph") or not r.get("pct_ceiling_graph"):
+        return "–"
+    return f"{r['ceiling_ms_graph'] * 1e3:.1f} ({r['pct_ceiling_graph']:.0f} %)"
+
+
 def attn_cuda(path: str) -> str:
     """Times: single launch / back-to-back / back-to-back replayed from a CUDA graph."""
     d = _load(path)
     rows = {(r["shape"], r["ctx"], r["batch"]): r for r in d["rows"]}
     out = [("| shape | ctx | batch | DQ4 µs (single / b2b / graph) | MB read | % of 4.8 TB/s (single / b2b / graph) "
-            "| SDPA FP16 µs (single / b2b / graph) | speedup (single / b2b / graph) | kernel |"),
-           "|---|---|---|---|---|---|---|---|---|"]
+            "| SDPA FP16 µs (single / b2b / graph) | speedup (single / b2b / graph) "
+            "| read ceiling µs, graph (DQ4 reaches) | kernel |"),
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for key in CUDA_CASES:
         if key not in rows:
             continue
@@ -96,7 +104,7 @@ def attn_cuda(path: str) -> str:
                  f"{b}{_us(r['ms'], r['ms_b2b'], r.get('ms_graph'))}{b}", f"{r['bytes'] / 1e6:.0f}",
                  f"{b}{_x(r['pct_peak'], r['pct_peak_b2b'], r.get('pct_peak_graph'), fmt='{:.0f}')}{b}",
                  _us(r["sdpa_ms"], r["sdpa_ms_b2b"], r.get("sdpa_ms_graph")),
-                 f"{b}{_x(r['speedup'], r['speedup_b2b'], r.get('speedup_graph'))}{b}", r["kernel"]]
+                 f"{b}{_x(r['speedup'], r['speedup_b2b'], r.get('speedup_graph'))}{b}", _ceiling(r), r["kernel"]]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -106,8 +114,8 @@ def attn_cuda_summary(path: str) -> str:
     d = _load(path)
     presets = [("paper", d["rows"]), ("default", d.get("default_preset", {}).get("rows", []))]
     out = [("| shape | ctx | batch | preset | DQ4 µs (single / b2b / graph) | % of 4.8 TB/s (b2b / graph) "
-           "| speedup vs SDPA (single / b2b / graph) |"),
-           "|---|---|---|---|---|---|---|"]
+           "| speedup vs SDPA (single / b2b / graph) | read ceiling µs, graph (DQ4 reaches) |"),
+           "|---|---|---|---|---|---|---|---|"]
     for key in [("llama3-8b", 32768, 1), ("llama3-8b", 32768, 8), ("llama3-8b", 131072, 8), ("llama2-7b", 32768, 8),
                 ("qwen2.5-1.5b", 32768, 8)]:
         for name, rows in presets:
@@ -117,7 +125,7 @@ def attn_cuda_summary(path: str) -> str:
             pct = _x(r["pct_peak_b2b"], r.get("pct_peak_graph"), fmt="{:.0f} %")
             sp = _x(r["speedup"], r["speedup_b2b"], r.get("speedup_graph"), fmt="{:.2f}x")
             out.append(f"| {key[0]} | {key[1] // 1024}K | {key[2]} | {name} | "
-                       f"{_us(r['ms'], r['ms_b2b'], r.get('ms_graph'))} | {pct} | {sp} |")
+                       f"{_us(r['ms'], r['ms_b2b'], r.get('ms_graph'))} | {pct} | {sp} | {_ceiling(r)} |")
     return "\n".join(out)
 
 

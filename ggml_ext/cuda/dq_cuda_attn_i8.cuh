@@ -27,6 +27,7 @@
 // the result does not depend on timing), in pairs for 256-token blocks. About 1925 warp
 // instructions per unit (16.6 KB), 0.116 per byte, against 0.213 for the fp16 kernel.
 // DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py).
+// DQ_I8_NOMATH=1 builds skip the math (the output is garbage): the copies alone, in the same order.
 
 constexpr int I8_NH = 4;
 constexpr int I8_ASB = 32 * 48 + 4 * 32;   // bytes of one A-space buffer: row 8h + r at 48 row + 32 (row / 8)
@@ -335,6 +336,13 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             }
             t_first = false;
 #endif
+#if DQ_I8_NOMATH  // diagnostics: the copies alone, in the same order (the output is garbage)
+            __syncwarp();
+            issue_k(pk1, un);
+            cp_wait<1>();
+            __syncwarp();
+            issue_v(pv1, un);
+#else
             // ------------------------------------------------ q~ = B_k q, then q^ as two int8 digits
             // (once per block: the second unit of a pair reuses them when it is in the same block)
             const int blk_u = u >> a.lsub;
@@ -634,6 +642,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                     }
                 }
             }
+#endif
         } else {
             // ------------------------------------------------ 32 tokens of the FP16 span
             const int tok0 = (u - nbu) * RP;
