@@ -68,7 +68,8 @@ def one_case(lib: ctypes.CDLL, preset: str, chunk: int, batch: int, ctx: int) ->
             "cta_end_us": quantiles((tc[:, 1] - t0) * us),
             "warp_done_spread_in_cta_us": quantiles((warp_done.max(1) - warp_done.min(1)) * us),
             "merge_after_last_warp_us": quantiles((tc[:, 1] - warp_done.max(1)) * us),
-            # the same work ends later on some SMs, the same ones launch after launch
+            # the same work ends later on some SMs, the same ones launch after launch (where an SM
+            # ran several CTAs: its last)
             "cta_end_us_by_sm": {int(sm): round(float(e - t0) * us, 2) for sm, e in sorted(zip(tc[:, 2], tc[:, 1]))}}
 
 

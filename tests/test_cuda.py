@@ -317,3 +317,19 @@ def test_errors() -> None:
     kb = torch.zeros((1, dqc.block_size(_opts(4, dict(scale="row")), 128, 2, 128)), dtype=torch.uint8, device="cuda")
     with pytest.raises(RuntimeError, match="unsupported"):
         dqc.attention(q, kb, kb, [[0]], _opts(4, dict(scale="row")), _opts(4, dict(scale="row")), path="fast")
+
+
+def test_read_probe_reads_every_word() -> None:
+    """The bench's read ceiling: the probe folds every 16-byte word it reads (so none is skipped) and
+    refuses sizes and alignments it cannot read with 16-byte loads."""
+    sink = torch.zeros(1, dtype=torch.int32, device="cuda")
+    for n_words, marked in ((32, 0), (32, 31), (4096, 4000), (4096 + 48, 4096 + 47)):
+        words = torch.zeros((n_words, 4), dtype=torch.int32)
+        words[marked, 0] = 0x9E3779B9 - (1 << 32)  # the magic word, as int32
+        sink.zero_()
+        dqc.read_probe(words.cuda().view(torch.uint8).view(-1), 1, 32, sink)
+        assert int(sink.item()) & 0xFFFFFFFF == 0x9E3779B9, (n_words, marked)
+    buf = torch.zeros(64, dtype=torch.uint8, device="cuda")
+    for bad in (buf[:40], buf[1:33]):  # not a multiple of 16 bytes; not 16-byte aligned
+        with pytest.raises(RuntimeError, match="invalid argument"):
+            dqc.read_probe(bad, 1, 32, sink)

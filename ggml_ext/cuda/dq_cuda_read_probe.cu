@@ -34,7 +34,7 @@ template <int UNROLL> __global__ void k_read_probe(const uint4 * __restrict__ sr
 
 extern "C" int dq_cuda_read_probe(const void * src, size_t bytes, int blocks, int threads, void * sink,
                                   dq_cuda_stream stream) {
-    if (!src || !sink || bytes % 16 || blocks < 1 || threads < 32 || threads > 1024) {
+    if (!src || !sink || (uintptr_t) src % 16 || bytes % 16 || blocks < 1 || threads < 32 || threads > 1024) {
         return DQ_ERR_ARG;
     }
     k_read_probe<4><<<blocks, threads, 0, (cudaStream_t) stream>>>((const uint4 *) src, (int64_t) (bytes / 16),

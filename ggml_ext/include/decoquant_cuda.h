@@ -90,7 +90,8 @@ DQ_API int    dq_cuda_attn_work_init(const dq_cuda_attn_params * p, dq_cuda_stre
 DQ_API int    dq_cuda_attn(const dq_cuda_attn_params * p, dq_cuda_stream stream);
 
 // Benchmark helper: one launch of `blocks` x `threads` that only reads `bytes` (a multiple of 16)
-// from device memory `src`; `sink` is one device word. The read ceiling the attention is judged by.
+// from device memory `src` (16-byte aligned); `sink` is one device word, written only if a thread's
+// XOR of its words is 0x9e3779b9. The read ceiling the attention is judged by.
 DQ_API int    dq_cuda_read_probe(const void * src, size_t bytes, int blocks, int threads, void * sink,
                                  dq_cuda_stream stream);
 

@@ -328,6 +328,8 @@ def read_probe(src: Any, blocks: int, threads: int, sink: Any) -> None:
     """Benchmark helper: one launch that only reads the bytes of the CUDA tensor `src` (a multiple
     of 16); `sink` is a CUDA tensor of at least 4 bytes. See dq_cuda_read_probe."""
     ffi, lib, torch = _load()
+    if not src.is_cuda or not src.is_contiguous() or not sink.is_cuda or sink.numel() * sink.element_size() < 4:
+        raise ValueError("read_probe needs a contiguous CUDA tensor and a CUDA sink of at least 4 bytes")
     nbytes = src.numel() * src.element_size()
     _check(lib.dq_cuda_read_probe(_ptr(ffi, src), nbytes, blocks, threads, _ptr(ffi, sink), _stream(torch)),
            "dq_cuda_read_probe")
