@@ -308,6 +308,28 @@ def test_fast_default_preset_chunk256(rng: np.random.Generator) -> None:
     assert _rel(call().cpu().numpy()[0, 0], R.attention_dense(q, b["kfull"][0], b["vfull"][0])[0]) <= 1e-3
 
 
+@pytest.mark.parametrize("preset,chunk", [("paper", 128), ("default", 256)])
+def test_int8_kernel_with_v_by_plain_loads(rng: np.random.Generator, preset: str, chunk: int) -> None:
+    """Launches whose warps have 4 or more units each take V by plain loads into registers (one
+    split: 62 units for the 11 warps); few units per warp keep cp.async (10 splits: 7). Both match
+    the reference (their softmax frames differ, so the int8 weights round differently)."""
+    ok = ov = R.options(4, preset, chunk=chunk)
+    lens = [128 * 60 + 45, 128 * 47 + 3]
+    b = _batch(rng, lens, 2, 128, ok, ov, chunk=chunk)
+    q = torch.from_numpy(rng.standard_normal((len(lens), 8, 128)).astype(np.float32)).cuda()
+    outs = []
+    for n_split in (1, 10):
+        call = dqc.prepare_attention(q, b["kb"], b["vb"], b["table"], ok, ov, chunk=chunk, k_res=b["kres"],
+                                     v_res=b["vres"], path="fast", n_split=n_split)
+        assert call.splits == n_split
+        outs.append(call().cpu().numpy()[:, 0])
+    qn = q.cpu().numpy()
+    for s in range(len(lens)):
+        ref = R.attention_dense(qn[s][None], b["kfull"][s], b["vfull"][s])[0]
+        errs = [_rel(o[s], ref) for o in outs]
+        assert max(errs) <= 1e-3, (s, errs)
+
+
 def test_errors() -> None:
     ok = _opts(4, dict(preset="paper"))
     x = torch.zeros((1, 128, 2, 100), device="cuda")

@@ -1103,9 +1103,14 @@ template <int NH, bool KCH, bool VCH, bool I8> int fast_occupancy(int * per_sm) 
     static int cached = 0;
     if (!cached) {
         const size_t sm = I8 ? i8_smem() : fast_smem<NH>();
-        const void * fn = I8 ? (const void *) k_attn_i8<KCH, VCH> : (const void *) k_attn_fast<NH, KCH, VCH>;
+        const void * fn = I8 ? (const void *) k_attn_i8<KCH, VCH, false> : (const void *) k_attn_fast<NH, KCH, VCH>;
         DQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sm),
                     "cudaFuncSetAttribute");
+        if (I8) {  // the V-by-plain-loads build of the same kernel: same shared memory and occupancy
+            DQ_CUDA_TRY(cudaFuncSetAttribute((const void *) k_attn_i8<KCH, VCH, true>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sm),
+                        "cudaFuncSetAttribute");
+        }
         DQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&cached, fn, (I8 ? FWI : FW) * 32, sm), "cudaOccupancy");
         if (cached < 1) {
             cached = 1;
@@ -1153,7 +1158,7 @@ int choose_splits(int64_t rows, int units, int slots, int warps, bool spread) {
 }
 
 struct Plan {
-    int path, nh, kch, vch, i8, ns, grp, nsub;
+    int path, nh, kch, vch, i8, ns, grp, nsub, vldg;
     size_t off_ml, off_o, total, smem;
 };
 
@@ -1203,11 +1208,14 @@ int make_plan(const dq_cuda_attn_params * p, Plan & pl) {
         const int units = p->max_blocks * pl.nsub + (p->max_res + RP - 1) / RP;
         pl.ns = p->n_split ? p->n_split : choose_splits((int64_t) p->n_seq * nkv, units > 0 ? units : 1, di.sms * per_sm,
                                                          pl.i8 ? FWI : FW, pl.i8);
+        // V by plain loads where each warp has a few units (at 32K: batch 8, -2 to -5 %); with one or
+        // two, it ran 2-8 % slower (batch 1: the first V load holds the loop top up)
+        pl.vldg = pl.i8 && (units + pl.ns - 1) / pl.ns >= 4 * FWI;
         pl.off_ml = dq_cuda_align((size_t) cnt_bytes, 256);
         pl.off_o = pl.off_ml + dq_cuda_align((size_t) p->n_seq * nkv * pl.ns * pl.nh * sizeof(float2), 256);
         pl.total = pl.off_o + (size_t) p->n_seq * nkv * pl.ns * pl.nh * HD * sizeof(float);
     } else {
-        pl.nh = pl.kch = pl.vch = pl.i8 = 0;
+        pl.nh = pl.kch = pl.vch = pl.i8 = pl.vldg = 0;
         pl.nsub = 1;
         pl.smem = gen_smem(pl.grp, hd);
         if (pl.smem > 200 * 1024) {
@@ -1268,8 +1276,10 @@ GSide gen_side(const dq_config * c, int chunk) {
 
 template <int NH, bool KCH, bool VCH, bool I8>
 int launch_fast(const FastArgs & fa, const Plan & pl, dim3 grid, cudaStream_t st) {
-    if (I8) {
-        k_attn_i8<KCH, VCH><<<grid, FWI * 32, pl.smem, st>>>(fa);
+    if (I8 && pl.vldg) {
+        k_attn_i8<KCH, VCH, true><<<grid, FWI * 32, pl.smem, st>>>(fa);
+    } else if (I8) {
+        k_attn_i8<KCH, VCH, false><<<grid, FWI * 32, pl.smem, st>>>(fa);
     } else {
         k_attn_fast<NH, KCH, VCH><<<grid, FW * 32, pl.smem, st>>>(fa);
     }

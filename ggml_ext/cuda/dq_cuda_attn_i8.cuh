@@ -20,7 +20,8 @@
 // the duplicate lanes also make the two digit columns of the V product's B operand.
 // Data: each warp owns a K slot and a V slot; the epilogue's A-space buffer reuses the V slot. K
 // comes in with bulk (TMA) copies on an mbarrier, issued by one lane (unswizzled: the score loads
-// are conflict-free as they are); V with 16-byte cp.async, swizzled for ldmatrix.trans. The next
+// are conflict-free as they are); V with 16-byte cp.async, swizzled for ldmatrix.trans (with VL, half
+// of V's codes by plain loads into registers, stored into the slot when needed: issue_v_ldg). The next
 // unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
 // A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
 // loaded a unit ahead, and q before the first copies. Warps take units round robin (statically:
@@ -158,6 +159,17 @@ __device__ __forceinline__ void issue_k_bulk(const FastArgs & a, uint8_t * dst, 
     cp_commit();
 }
 
+// A block unit's B and scales (and mins) by cp.async, into the slot's B and P areas.
+__device__ __forceinline__ void issue_par(const Side & s, uint8_t * dst, const uint8_t * blk, int sub, int kvh, int lane) {
+    cp16(dst + SLOT_B + lane * 16, blk + s.off_b + (s.bhead ? kvh * 512 : 0) + lane * 16, 16);
+    const int poff = s.par_hstep ? 0 : sub * 2 * SU;
+    if (lane < 16) {
+        cp16(dst + SLOT_P + lane * 16, blk + s.off_par + (int64_t) kvh * s.par_hstep + poff + lane * 16, 16);
+    } else if (s.asym) {
+        cp16(dst + SLOT_P + lane * 16, blk + s.off_min + (int64_t) kvh * s.par_hstep + poff + (lane - 16) * 16, 16);
+    }
+}
+
 // issue_unit with the 16 code copies unrolled (immediate offsets), the FP16 rows' bounds hoisted
 // and the block pointer passed in.
 __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, const uint8_t * blk, int u, int u1, int which,
@@ -172,13 +184,7 @@ __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, cons
             for (int k = 0; k < 16; k++) {
                 cp16(d + k * 512, codes + k * 512, 16);
             }
-            cp16(dst + SLOT_B + lane * 16, blk + s.off_b + (s.bhead ? kvh * 512 : 0) + lane * 16, 16);
-            const int poff = s.par_hstep ? 0 : sub * 2 * SU;
-            if (lane < 16) {
-                cp16(dst + SLOT_P + lane * 16, blk + s.off_par + (int64_t) kvh * s.par_hstep + poff + lane * 16, 16);
-            } else if (s.asym) {
-                cp16(dst + SLOT_P + lane * 16, blk + s.off_min + (int64_t) kvh * s.par_hstep + poff + (lane - 16) * 16, 16);
-            }
+            issue_par(s, dst, blk, sub, kvh, lane);
         } else {
             const int tok0 = (u - nbu) * RP;
             const int n = nres - tok0 < RP ? nres - tok0 : RP;
@@ -196,6 +202,55 @@ __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, cons
     cp_commit();
 }
 
+// Large launches take a block unit's first I8_VLD V code pieces (of 16) by plain 16-byte loads into
+// registers, stored into the slot (swizzled) when the unit's V is needed; the rest, B and the scales
+// by cp.async as before. At 32K batch 8, the copies alone (-DDQ_I8_NOMATH=1) ran 6 % faster with V
+// by plain loads, and without the slow SM groups that cp.async and bulk copies show. More than 8
+// pieces spill registers (and ran slower).
+constexpr int I8_VLD = 8;
+__device__ __forceinline__ void issue_v_ldg(const FastArgs & a, uint4 (&vst)[I8_VLD], uint8_t * dst, const uint8_t * blk,
+                                            int u, int kvh, int lane, int sw_off) {
+    const Side & s = a.v;
+    const int sub = u & ((1 << a.lsub) - 1);
+    const uint4 * codes = (const uint4 *) (blk + s.codes + ((int64_t) kvh * a.chunk + sub * SU) * (HD / 2)) + lane;
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        if (k < I8_VLD) {
+            vst[k] = __ldcs(codes + 32 * k);
+        } else {
+            cp16(dst + sw_off + k * 512, codes + 32 * k, 16);
+        }
+    }
+}
+__device__ __forceinline__ void issue_v_par(const FastArgs & a, uint8_t * dst, const uint8_t * blk, int u, int kvh,
+                                            int lane) {
+    issue_par(a.v, dst, blk, u & ((1 << a.lsub) - 1), kvh, lane);
+    cp_commit();
+}
+
+// With V loads in registers, the output accumulator waits in the warp's scratch (free once q^ is in
+// registers) from the scores to the epilogue: 16 registers fewer there (without, 4-28 bytes spilled).
+// Volatile: kept in memory.
+__device__ __forceinline__ void park_out(uint8_t * scratch, const float (&out)[2][2][4], int lane) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float * o = out[i >> 1][i & 1];
+        asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr(scratch + i * 512 + lane * 16)), "f"(o[0]),
+                     "f"(o[1]), "f"(o[2]), "f"(o[3])
+                     : "memory");
+    }
+}
+__device__ __forceinline__ void unpark_out(const uint8_t * scratch, float (&out)[2][2][4], int lane) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float * o = out[i >> 1][i & 1];
+        asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=f"(o[0]), "=f"(o[1]), "=f"(o[2]), "=f"(o[3])
+                     : "r"(smem_addr(scratch + i * 512 + lane * 16))
+                     : "memory");
+    }
+}
+
 #if DQ_I8_TIMING
 // diagnostics build only: per CTA [start, end, smid] and per warp [first K landed, loop done]
 __device__ unsigned long long g_dq_tc[3 * 2048], g_dq_tw[2 * 2048 * FWI];
@@ -205,7 +260,7 @@ __device__ __forceinline__ unsigned long long gtimer() {
     return t;
 }
 #endif
-template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MINB) k_attn_i8(const FastArgs a) {
+template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 32, I8_MINB) k_attn_i8(const FastArgs a) {
     constexpr int NH = I8_NH, MT2 = 2;
     constexpr bool D3 = KCH;  // three digits of q^
     using WS = WarpSmemI8;
@@ -256,8 +311,22 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
     }
     __syncwarp();
     uint8_t * const karea = ws.slot[0];
+    uint4 vst[I8_VLD];
     auto issue_v = [&](const uint8_t * blk, int uu) {
-        issue_i8(a, ws.slot[1], blk, uu, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+        if (VL && uu < u1 && uu < nbu) {
+            issue_v_ldg(a, vst, ws.slot[1], blk, uu, kvh, lane, sw_issue);
+            issue_v_par(a, ws.slot[1], blk, uu, kvh, lane);
+        } else {
+            issue_i8(a, ws.slot[1], blk, uu, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+        }
+    };
+    auto land_v = [&]() {
+        if (VL) {
+#pragma unroll
+            for (int k = 0; k < I8_VLD; k++) {
+                *(uint4 *) (ws.slot[1] + sw_issue + k * 512) = vst[k];
+            }
+        }
     };
     auto issue_k = [&](const uint8_t * blk, int uu) {
         if (uu < u1 && uu < nbu) {
@@ -340,6 +409,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             __syncwarp();
             issue_k(pk1, un);
             cp_wait<1>();
+            land_v();
             __syncwarp();
             issue_v(pv1, un);
 #else
@@ -445,6 +515,10 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
             }
             const int zq = -zpk * q1s;
+            if (VL) {
+                __syncwarp();  // every lane has read its q^ fragments from the scratch
+                park_out(ws.scratch, out, lane);
+            }
 
             // ------------------------------------------------ scores of the unit's 128 tokens
             const uint32_t * kpar = (const uint32_t *) (sk + SLOT_P);
@@ -489,6 +563,7 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
             __syncwarp();
             issue_k(pk1, un);
             cp_wait<1>();  // this unit's V
+            land_v();
             __syncwarp();
 
             // ------------------------------------------------ weights as 15-bit fixed point, P digits
@@ -632,6 +707,9 @@ template <bool KCH, bool VCH> __global__ void __launch_bounds__(FWI * 32, I8_MIN
                 }
                 __syncwarp();  // the next unit's V may land now
                 issue_v(pv1, un);
+                if (VL) {
+                    unpark_out(ws.scratch, out, lane);
+                }
                 rescale_out(out, corr);
 #pragma unroll
                 for (int mt = 0; mt < MT2; mt++) {
