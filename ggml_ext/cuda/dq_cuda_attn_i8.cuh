@@ -206,8 +206,11 @@ __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, cons
 // registers, stored into the slot (swizzled) when the unit's V is needed; the rest, B and the scales
 // by cp.async as before. At 32K batch 8, the copies alone (-DDQ_I8_NOMATH=1) ran 6 % faster with V
 // by plain loads, and without the slow SM groups that cp.async and bulk copies show. More than 8
-// pieces spill registers (and ran slower).
-constexpr int I8_VLD = 8;
+// pieces spill registers with 11 warps (and ran slower); with -DDQ_I8_FW=8 all 16 fit (not timed).
+#ifndef DQ_I8_VLD
+#define DQ_I8_VLD 8
+#endif
+constexpr int I8_VLD = DQ_I8_VLD;
 __device__ __forceinline__ void issue_v_ldg(const FastArgs & a, uint4 (&vst)[I8_VLD], uint8_t * dst, const uint8_t * blk,
                                             int u, int kvh, int lane, int sw_off) {
     const Side & s = a.v;
