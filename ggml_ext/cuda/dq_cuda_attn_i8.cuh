@@ -29,6 +29,12 @@
 // instructions per unit (16.6 KB), 0.116 per byte, against 0.213 for the fp16 kernel.
 // DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py).
 // DQ_I8_NOMATH=1 builds skip the math (the output is garbage): the copies alone, in the same order.
+// DQ_I8_NOCOPY=1 builds skip the copies of K and V (the output is garbage): the math alone.
+
+#ifndef DQ_I8_NOCOPY
+#define DQ_I8_NOCOPY 0
+#endif
+constexpr bool I8_COPY = !DQ_I8_NOCOPY;
 
 constexpr int I8_NH = 4;
 constexpr int I8_ASB = 32 * 48 + 4 * 32;   // bytes of one A-space buffer: row 8h + r at 48 row + 32 (row / 8)
@@ -148,12 +154,14 @@ __device__ __forceinline__ void issue_k_bulk(const FastArgs & a, uint8_t * dst, 
     const int sub = u & ((1 << a.lsub) - 1);
     const int poff = s.par_hstep ? 0 : sub * 2 * SU;
     if (lane == 0) {  // one lane, straight-line: per-lane copies cost a divergent branch each
-        mbar_expect(bar, 8192 + 512 + 256 + (s.asym ? 256 : 0));
-        bulk_copy(dst, blk + s.codes + ((int64_t) kvh * a.chunk + sub * SU) * (HD / 2), 8192, bar);
-        bulk_copy(dst + SLOT_B, blk + s.off_b + (s.bhead ? kvh * 512 : 0), 512, bar);
-        bulk_copy(dst + SLOT_P, blk + s.off_par + (int64_t) kvh * s.par_hstep + poff, 256, bar);
-        if (s.asym) {
-            bulk_copy(dst + SLOT_P + 256, blk + s.off_min + (int64_t) kvh * s.par_hstep + poff, 256, bar);
+        mbar_expect(bar, I8_COPY ? 8192 + 512 + 256 + (s.asym ? 256 : 0) : 0);
+        if (I8_COPY) {
+            bulk_copy(dst, blk + s.codes + ((int64_t) kvh * a.chunk + sub * SU) * (HD / 2), 8192, bar);
+            bulk_copy(dst + SLOT_B, blk + s.off_b + (s.bhead ? kvh * 512 : 0), 512, bar);
+            bulk_copy(dst + SLOT_P, blk + s.off_par + (int64_t) kvh * s.par_hstep + poff, 256, bar);
+            if (s.asym) {
+                bulk_copy(dst + SLOT_P + 256, blk + s.off_min + (int64_t) kvh * s.par_hstep + poff, 256, bar);
+            }
         }
     }
     cp_commit();
@@ -161,6 +169,9 @@ __device__ __forceinline__ void issue_k_bulk(const FastArgs & a, uint8_t * dst, 
 
 // A block unit's B and scales (and mins) by cp.async, into the slot's B and P areas.
 __device__ __forceinline__ void issue_par(const Side & s, uint8_t * dst, const uint8_t * blk, int sub, int kvh, int lane) {
+    if (!I8_COPY) {
+        return;
+    }
     cp16(dst + SLOT_B + lane * 16, blk + s.off_b + (s.bhead ? kvh * 512 : 0) + lane * 16, 16);
     const int poff = s.par_hstep ? 0 : sub * 2 * SU;
     if (lane < 16) {
@@ -174,7 +185,7 @@ __device__ __forceinline__ void issue_par(const Side & s, uint8_t * dst, const u
 // and the block pointer passed in.
 __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, const uint8_t * blk, int u, int u1, int which,
                                          int seq, int kvh, int nbu, int nres, int lane, int sw_off) {
-    if (u < u1) {
+    if (I8_COPY && u < u1) {
         if (u < nbu) {
             const Side & s = which ? a.v : a.k;
             const int sub = u & ((1 << a.lsub) - 1);
@@ -218,7 +229,9 @@ __device__ __forceinline__ void issue_v_ldg(const FastArgs & a, uint4 (&vst)[I8_
     const uint4 * codes = (const uint4 *) (blk + s.codes + ((int64_t) kvh * a.chunk + sub * SU) * (HD / 2)) + lane;
 #pragma unroll
     for (int k = 0; k < 16; k++) {
-        if (k < I8_VLD) {
+        if (!I8_COPY) {
+            vst[k] = make_uint4(0u, 0u, 0u, 0u);
+        } else if (k < I8_VLD) {
             vst[k] = __ldcs(codes + 32 * k);
         } else {
             cp16(dst + sw_off + k * 512, codes + 32 * k, 16);
