@@ -24,9 +24,10 @@
 // of V's codes by plain loads into registers, stored into the slot when needed: issue_v_ldg). The next
 // unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
 // A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
-// loaded a unit ahead, and q before the first copies. Warps take units round robin (statically:
-// the result does not depend on timing), in pairs for 256-token blocks. About 1925 warp
-// instructions per unit (16.6 KB), 0.116 per byte, against 0.213 for the fp16 kernel.
+// loaded a unit ahead, the FP16 rows' bases once (not with each FP16 unit's copies), and q before
+// the first copies. Warps take units round robin (statically: the result does not depend on
+// timing), in pairs for 256-token blocks. About 1925 warp instructions per unit (16.6 KB), 0.116
+// per byte, against 0.213 for the fp16 kernel.
 // DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py).
 // DQ_I8_NOMATH=1 builds skip the math (the output is garbage): the copies alone, in the same order.
 // DQ_I8_NOCOPY=1 builds skip the copies of K and V (the output is garbage): the math alone.
@@ -52,6 +53,7 @@ struct __align__(16) WarpSmemI8 {
     uint8_t scratch[2048];        // q^ fragments (1 or 2 KB) | FP16-span weights (A-space: in the V slot)
     float hv[HNV][I8_NH];
     uint64_t kbar;                // K slot's mbarrier (bulk copies)
+    const uint8_t * res[2];       // the sequence's FP16 rows, K and V (loaded once, not per unit)
 };
 
 __device__ __forceinline__ void imma_s8u8(int (&d)[4], const uint4 & a, uint32_t b0, uint32_t b1) {
@@ -182,9 +184,9 @@ __device__ __forceinline__ void issue_par(const Side & s, uint8_t * dst, const u
 }
 
 // issue_unit with the 16 code copies unrolled (immediate offsets), the FP16 rows' bounds hoisted
-// and the block pointer passed in.
-__device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, const uint8_t * blk, int u, int u1, int which,
-                                         int seq, int kvh, int nbu, int nres, int lane, int sw_off) {
+// and the block pointer and the FP16 rows' base (res) passed in.
+__device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, const uint8_t * blk, const uint8_t * base, int u,
+                                         int u1, int which, int kvh, int nbu, int nres, int lane, int sw_off) {
     if (I8_COPY && u < u1) {
         if (u < nbu) {
             const Side & s = which ? a.v : a.k;
@@ -199,7 +201,6 @@ __device__ __forceinline__ void issue_i8(const FastArgs & a, uint8_t * dst, cons
         } else {
             const int tok0 = (u - nbu) * RP;
             const int n = nres - tok0 < RP ? nres - tok0 : RP;
-            const uint8_t * base = (const uint8_t *) (which ? a.vres : a.kres)[seq];
             const int64_t rstride = (int64_t) a.nkv * HD * 2;
             const uint8_t * src0 = base + ((int64_t) tok0 * a.nkv + kvh) * HD * 2 + (lane & 15) * 16;
 #pragma unroll 4
@@ -328,12 +329,18 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
     __syncwarp();
     uint8_t * const karea = ws.slot[0];
     uint4 vst[I8_VLD];
+    // the FP16 rows' base of K (0) or V (1): loaded per unit in VL kernels (4 bytes spilled with it in
+    // shared memory), else from the warp's shared memory (a load per unit there held each FP16 unit's
+    // copies up by a load's latency)
+    auto res_base = [&](int which) -> const uint8_t * {
+        return VL ? (const uint8_t *) (which ? a.vres : a.kres)[seq] : ws.res[which];
+    };
     auto issue_v = [&](const uint8_t * blk, int uu) {
         if (VL && uu < u1 && uu < nbu) {
             issue_v_ldg(a, vst, ws.slot[1], blk, uu, kvh, lane, sw_issue);
             issue_v_par(a, ws.slot[1], blk, uu, kvh, lane);
         } else {
-            issue_i8(a, ws.slot[1], blk, uu, u1, 1, seq, kvh, nbu, nres, lane, sw_issue);
+            issue_i8(a, ws.slot[1], blk, res_base(1), uu, u1, 1, kvh, nbu, nres, lane, sw_issue);
         }
     };
     auto land_v = [&]() {
@@ -344,11 +351,11 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
             }
         }
     };
-    auto issue_k = [&](const uint8_t * blk, int uu) {
+    auto issue_k = [&](const uint8_t * blk, int uu, const uint8_t * kres) {
         if (uu < u1 && uu < nbu) {
             issue_k_bulk(a, karea, blk, uu, kvh, lane, &ws.kbar);
         } else {
-            issue_i8(a, karea, blk, uu, u1, 0, seq, kvh, nbu, nres, lane, sw_issue);
+            issue_i8(a, karea, blk, kres, uu, u1, 0, kvh, nbu, nres, lane, sw_issue);
         }
     };
     // the pointers of this unit and the next before the first copy (the copies' memory clobbers
@@ -356,13 +363,20 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
     int un = next_unit(u);
     const uint8_t * pk1 = unit_ptr(a, 0, un, b0, nbu), * pv1 = unit_ptr(a, 1, un, b0, nbu);
     const uint8_t * pv0 = unit_ptr(a, 1, u, b0, nbu);
-    issue_k(unit_ptr(a, 0, u, b0, nbu), u);  // the first V after the prologue, below
+    // the FP16 rows' bases, in the warp's shared memory from the first barrier on
+    const uint8_t * const res0 = !VL && a.res_len ? (const uint8_t *) a.kres[seq] : nullptr;
+    const uint8_t * const res1 = !VL && a.res_len ? (const uint8_t *) a.vres[seq] : nullptr;
+    issue_k(unit_ptr(a, 0, u, b0, nbu), u, VL ? res_base(0) : res0);  // the first V after the prologue, below
 #pragma unroll
     for (int k = 0; k < QPT; k++) {
         const int i = threadIdx.x + k * FWI * 32;
         if (i < NH * HD) {
             q_s[i] = qreg[k] * a.cscale;
         }
+    }
+    if (lane == 0) {
+        ws.res[0] = res0;
+        ws.res[1] = res1;
     }
     __syncthreads();
     for (int i = threadIdx.x; i < NH * 4 * 32; i += FWI * 32) {
@@ -423,7 +437,7 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
 #endif
 #if DQ_I8_NOMATH  // diagnostics: the copies alone, in the same order (the output is garbage)
             __syncwarp();
-            issue_k(pk1, un);
+            issue_k(pk1, un, res_base(0));
             cp_wait<1>();
             land_v();
             __syncwarp();
@@ -577,7 +591,7 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
             const float nb = cadd - mnew;  // p = 2^(fk s + nb)
 
             __syncwarp();
-            issue_k(pk1, un);
+            issue_k(pk1, un, res_base(0));
             cp_wait<1>();  // this unit's V
             land_v();
             __syncwarp();
@@ -744,7 +758,7 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
             float s[NH];
             span_scores<NH, 4>(sk + lane * RS, q_s, s);  // (unrolled: a 32-token span took 2 us more than a block unit)
             __syncwarp();
-            issue_k(pk1, un);
+            issue_k(pk1, un, res_base(0));
             float * Pf = reinterpret_cast<float *>(ws.scratch);
             float mh[NH], lsum[NH];
 #pragma unroll
