@@ -25,9 +25,10 @@
 // unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
 // A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
 // loaded a unit ahead, the FP16 rows' bases once (not with each FP16 unit's copies), and q before
-// the first copies. Warps take units round robin (statically: the result does not depend on
-// timing), in pairs for 256-token blocks. About 1925 warp instructions per unit (16.6 KB), 0.116
-// per byte, against 0.213 for the fp16 kernel.
+// the first copies. Launches of one or two units per warp ask for a warp's first V only once its
+// first K has landed, so that every warp's first K comes in sooner. Warps take units round robin
+// (statically: the result does not depend on timing), in pairs for 256-token blocks. About 1925
+// warp instructions per unit (16.6 KB), 0.116 per byte, against 0.213 for the fp16 kernel.
 // DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py).
 // DQ_I8_NOMATH=1 builds skip the math (the output is garbage): the copies alone, in the same order.
 // DQ_I8_NOCOPY=1 builds skip the copies of K and V (the output is garbage): the math alone.
@@ -392,8 +393,13 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
     }
     __syncthreads();
     // every warp asks for its first unit at once, so the K units should come in first: the scores
-    // can start while the V units land (with the unrolled FP16-span loops, -4 to -6 % at batch 1)
-    issue_v(pv0, u);
+    // can start while the V units land (with the unrolled FP16-span loops, -4 to -6 % at batch 1).
+    // Small launches (no VL) ask for a first block unit's V only once its K has landed: the first
+    // K units then land sooner (batch 1 -3 to -4 %)
+    bool v_late = !VL && u < nbu;
+    if (!v_late) {
+        issue_v(pv0, u);
+    }
 
     const int hq = g >> 1;                                                   // this lane's head (scores, P)
     const uint32_t dsel = (g & 1) ? 0x0051u : 0x0040u;                       // its digit of P
@@ -435,6 +441,10 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
             }
             t_first = false;
 #endif
+            if (!VL && v_late) {
+                issue_v(pv0, u);
+                v_late = false;
+            }
 #if DQ_I8_NOMATH  // diagnostics: the copies alone, in the same order (the output is garbage)
             __syncwarp();
             issue_k(pk1, un, res_base(0));
