@@ -25,11 +25,12 @@
 // unit's K is issued as soon as the scores are in registers, its V once the epilogue has read the
 // A-space buffer back (B_v and the V channel scales are in registers by then); block pointers are
 // loaded a unit ahead, the FP16 rows' bases once (not with each FP16 unit's copies), and q before
-// the first copies. Launches of one or two units per warp ask for a warp's first V only once its
-// first K has landed, so that every warp's first K comes in sooner. Warps take units round robin
+// the first copies. Launches of up to three units per warp ask for a warp's first V only once
+// its first K has landed, so that every warp's first K comes in sooner. Warps take units round robin
 // (statically: the result does not depend on timing), in pairs for 256-token blocks. About 1925
 // warp instructions per unit (16.6 KB), 0.116 per byte, against 0.213 for the fp16 kernel.
-// DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py).
+// DQ_I8_TIMING=1 builds record a per-CTA / per-warp timeline (bench/attn_cuda_timeline.py); =2
+// records when each warp's last unit's K landed instead of its first (FP16 units included).
 // DQ_I8_NOMATH=1 builds skip the math (the output is garbage): the copies alone, in the same order.
 // DQ_I8_NOCOPY=1 builds skip the copies of K and V (the output is garbage): the math alone.
 
@@ -436,7 +437,7 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
             mbar_wait(&ws.kbar, kph);
             kph ^= 1u;
 #if DQ_I8_TIMING
-            if (t_first && lane == 0 && cta_id < 2048) {
+            if ((t_first || DQ_I8_TIMING == 2) && lane == 0 && cta_id < 2048) {  // 2: the last unit's K
                 g_dq_tw[2 * (cta_id * FWI + warp)] = gtimer();
             }
             t_first = false;
@@ -763,6 +764,11 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
 #endif
         } else {
             // ------------------------------------------------ 32 tokens of the FP16 span
+#if DQ_I8_TIMING == 2
+            if (lane == 0 && cta_id < 2048) {
+                g_dq_tw[2 * (cta_id * FWI + warp)] = gtimer();
+            }
+#endif
             const int tok0 = (u - nbu) * RP;
             const int n = nres - tok0 < RP ? nres - tok0 : RP;
             float s[NH];
