@@ -442,7 +442,7 @@ template <bool KCH, bool VCH, bool VL> __global__ void __launch_bounds__(FWI * 3
             }
             t_first = false;
 #endif
-            if (!VL && v_late) {
+            if (v_late) {
                 issue_v(pv0, u);
                 v_late = false;
             }
